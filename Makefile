@@ -1,0 +1,37 @@
+# Every target sets up .venv on first use (python3 -m venv + pip install -e '.[dev]').
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup train test bench profile lint aot clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m export3d.train
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only
+
+profile: $(STAMP)
+	$(PY) -m export3d.profile
+
+aot: $(STAMP)
+	$(PY) -m export3d.kernels.aot
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
