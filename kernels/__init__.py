@@ -4,8 +4,28 @@ Every op takes ``impl="auto" | "triton" | "reference"``: ``auto`` runs Triton on
 reference elsewhere. Importing this package does not import the Export3D model, lpips or xformers.
 """
 
+from .composite_rays import composite_rays
 from .eadaln import eadaln
-from .reference import eadaln_ref
+from .pixel_shuffle_lowpass import pixel_shuffle_lowpass
+from .reference import (
+    composite_rays_ref,
+    default_lowpass_taps,
+    eadaln_ref,
+    pixel_shuffle_lowpass_ref,
+    triplane_sample_ref,
+)
+from .triplane_sample import triplane_sample
 from .utils import IMPLS
 
-__all__ = ["IMPLS", "eadaln", "eadaln_ref"]
+__all__ = [
+    "IMPLS",
+    "composite_rays",
+    "composite_rays_ref",
+    "default_lowpass_taps",
+    "eadaln",
+    "eadaln_ref",
+    "pixel_shuffle_lowpass",
+    "pixel_shuffle_lowpass_ref",
+    "triplane_sample",
+    "triplane_sample_ref",
+]

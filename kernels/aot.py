@@ -20,7 +20,8 @@ from pathlib import Path
 from .utils import AotSpec, interpreter_enabled
 
 ARCHS = (80, 90)
-OP_MODULES = ("eadaln",)  # one module per fused op, each with an ``aot_specs()`` list
+# One module per fused op, each with an ``aot_specs()`` list.
+OP_MODULES = ("eadaln", "triplane_sample", "composite_rays", "pixel_shuffle_lowpass")
 
 
 @dataclass

@@ -32,3 +32,95 @@ def eadaln_ref(
     y = F.layer_norm(_acc(x), (x.shape[-1],), _acc(weight), _acc(bias), eps)
     y = y * (1 + _acc(scale)[:, None, :]) + _acc(shift)[:, None, :]
     return y.to(x.dtype)
+
+
+def _project_axes(axes: str) -> tuple[tuple[int, int], ...]:
+    """(u, v) coordinate indices of each plane: u indexes width, v height, like grid_sample's grid[..., 0/1]."""
+    if axes == "xyz":
+        return (0, 1), (0, 2), (1, 2)
+    if axes == "eg3d":  # EG3D's released planes: (x, y), (x, z), (z, x)
+        return (0, 1), (0, 2), (2, 0)
+    raise ValueError(f"triplane_sample: axes must be 'xyz' or 'eg3d', got {axes!r}")
+
+
+def triplane_sample_ref(
+    planes: torch.Tensor,  # [B, 3, C, Hp, Wp]
+    coords: torch.Tensor,  # [B, N, 3] world coordinates
+    axes: str = "xyz",
+    box_warp: float = 1.0,
+) -> torch.Tensor:
+    """Mean over the three planes of bilinear ``grid_sample`` at the projected coordinates -> ``[B, N, C]``.
+
+    Coordinates are scaled by ``2 / box_warp`` (so the box ``[-box_warp/2, box_warp/2]^3`` maps to
+    ``[-1, 1]``), ``align_corners=False``, zero padding: points outside contribute zeros.
+    """
+    B, _, C, H, W = planes.shape
+    N = coords.shape[1]
+    c = _acc(coords) * (2.0 / box_warp)
+    grid = torch.stack([c[..., [u, v]] for u, v in _project_axes(axes)], dim=1)  # [B, 3, N, 2]
+    feats = F.grid_sample(
+        _acc(planes).reshape(B * 3, C, H, W),
+        grid.reshape(B * 3, 1, N, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )  # [B*3, C, 1, N]
+    return feats.reshape(B, 3, C, N).mean(1).transpose(1, 2).to(planes.dtype)  # [B, N, C]
+
+
+def composite_rays_ref(
+    colors: torch.Tensor,  # [B, R, S, C]
+    densities: torch.Tensor,  # [B, R, S, 1]
+    depths: torch.Tensor,  # [B, R, S, 1], ascending along S
+    density_bias: float = -1.0,
+    white_back: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EG3D's MipRayMarcher2: alpha-composite the S - 1 interval midpoints of every ray.
+
+    Returns ``rgb [B, R, C]``, ``depth [B, R, 1]`` (expected depth; nan -> inf, then clamped to the
+    ray's own [min, max] sample depth) and ``weights [B, R, S-1, 1]``. Unlike EG3D, the colour is not
+    rescaled by ``* 2 - 1`` here; that belongs to the caller.
+    """
+    colors, densities, depths = _acc(colors), _acc(densities), _acc(depths)
+    deltas = depths[:, :, 1:] - depths[:, :, :-1]  # [B, R, S-1, 1]
+    colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
+    densities_mid = (densities[:, :, :-1] + densities[:, :, 1:]) / 2
+    depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
+    sigma = F.softplus(densities_mid + density_bias)
+    alpha = 1 - torch.exp(-sigma * deltas)
+    shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], dim=2)
+    weights = alpha * torch.cumprod(shifted, dim=2)[:, :, :-1]  # [B, R, S-1, 1]
+    rgb = (weights * colors_mid).sum(2)  # [B, R, C]
+    total = weights.sum(2)  # [B, R, 1]
+    depth = torch.nan_to_num((weights * depths_mid).sum(2) / total, nan=float("inf"))
+    depth = torch.minimum(torch.maximum(depth, depths.amin(2)), depths.amax(2))
+    if white_back:
+        rgb = rgb + 1 - total
+    return rgb, depth, weights
+
+
+def default_lowpass_taps(num_taps: int = 5, sigma: float = 1.0, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps (sigma in output pixels) for :func:`pixel_shuffle_lowpass_ref`."""
+    t = torch.arange(num_taps, dtype=torch.float64) - (num_taps - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def pixel_shuffle_lowpass_ref(
+    x: torch.Tensor,  # [B, C * f * f, H, W]
+    factor: int = 2,
+    taps: torch.Tensor | None = None,  # [K], K odd
+) -> torch.Tensor:
+    """``F.pixel_shuffle(x, factor)`` followed by a separable depthwise FIR filter -> ``[B, C, H*f, W*f]``.
+
+    The filter is a correlation with zero padding that keeps the size:
+    ``out[i] = sum_k taps[k] * in[i + k - K // 2]`` along width, then along height.
+    """
+    y = F.pixel_shuffle(_acc(x), factor)  # [B, C, Hf, Wf]
+    k = default_lowpass_taps(dtype=y.dtype, device=x.device) if taps is None else taps.to(y.dtype)
+    channels, pad = y.shape[1], k.numel() // 2
+    if channels == 0 or y.numel() == 0:
+        return y.to(x.dtype)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, pad), groups=channels)
+    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(pad, 0), groups=channels)
+    return y.to(x.dtype)
