@@ -109,3 +109,24 @@ class AotSpec:
     constexprs: dict[str, Any]
     num_warps: int
     label: str  # human-readable configuration, e.g. "fp32 D=1024"
+
+
+def saved_tensor_bytes(fn, *args, **kwargs) -> tuple[int, list[torch.Tensor], Any]:
+    """Run ``fn(*args, **kwargs)`` and report what its autograd graph saves for backward.
+
+    Returns ``(bytes, saved, output)``: the bytes of the distinct storages saved (a tensor saved twice, or
+    two views of one storage, count once), the saved tensors themselves, and ``fn``'s output. Works on any
+    device, including fake tensors (``torch._subclasses.FakeTensorMode``), so realistic sizes cost nothing.
+    """
+    storages: dict[int, int] = {}
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage._cdata] = storage.nbytes()
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args, **kwargs)
+    return sum(storages.values()), saved, out
