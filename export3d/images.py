@@ -1,0 +1,79 @@
+"""Image I/O shared by training, evaluation and animation: tensors in [-1, 1] <-> PNG files and grids."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[B, 3, H, W]`` or ``[3, H, W]`` in [-1, 1] -> uint8 ``[B, H, W, 3]`` / ``[H, W, 3]``."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, 0).float() / 127.5 - 1
+
+
+def make_grid(rows: list[torch.Tensor], size: int | None = None, pad: int = 2) -> torch.Tensor:
+    """Stack columns side by side: ``rows`` is a list of ``[B, 3, h_i, w_i]`` columns -> ``[3, H, W]`` grid.
+
+    Every image is resized (bilinear, antialiased) to ``size`` (default: the largest height) so that
+    raw renders sit next to full-resolution images. Padding is white.
+    """
+    if not rows:
+        raise ValueError("make_grid: no columns given")
+    size = size or max(c.shape[-2] for c in rows)
+    cols = [F.interpolate(c.detach().float().cpu(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False) if c.shape[-1] != size else c.detach().float().cpu()
+            for c in rows]  # fmt: skip
+    B = cols[0].shape[0]
+    canvas = torch.ones(3, B * (size + pad) + pad, len(cols) * (size + pad) + pad)
+    for j, col in enumerate(cols):
+        for i in range(B):
+            y, x = pad + i * (size + pad), pad + j * (size + pad)
+            canvas[:, y : y + size, x : x + size] = col[i, :3]
+    return canvas
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save ``[3, H, W]`` in [-1, 1] as PNG (written to a temp file, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """Read any common image (RGB, RGBA, greyscale, palette), centre-crop to a square, resize -> ``[3, size, size]``.
+
+    RGBA is composited on white. Raises ``ValueError`` naming the file when it cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image: no file at {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                im = Image.new("RGB", rgba.size, (255, 255, 255))
+                im.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"image: cannot read {path} as an image ({exc})") from exc
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+    return from_uint8(np.asarray(im))
