@@ -1,0 +1,101 @@
+"""EG3D cameras: the 25-d camera vector, rays through pixel centres, projection and look-at poses.
+
+Camera ``p [B, 25]`` (DESIGN.md section 3): 16 values of the 4x4 cam2world matrix, row-major, OpenCV
+camera axes (x right, y down, z forward), then the 9 values of the normalised 3x3 intrinsics
+``[[fx, sk, cx], [0, fy, cy], [0, 0, 1]]`` (image coordinates in [0, 1]; default fx = fy = 4.2647,
+cx = cy = 0.5). World: the head faces +z with +y up; the frontal camera sits at ``pivot + (0, 0, r)``
+with cam2world rotation ``diag(1, -1, -1)`` (EG3D's LookAtPoseSampler at yaw = pitch = 0).
+
+Pixel ``(row i, column j)`` of an ``res x res`` image has its centre at ``u = (j + 0.5) / res``,
+``v = (i + 0.5) / res``; rays are ordered row-major, ray index ``i * res + j``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FOCAL = 4.2647  # normalised focal length of the FFHQ/EG3D cameras (FOV 18.837 deg)
+RADIUS = 2.7  # default orbit radius
+PIVOT = (0.0, 0.0, 0.2)  # default look-at point
+
+
+def split_camera(camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, 25]`` -> cam2world ``[B, 4, 4]``, intrinsics ``[B, 3, 3]``."""
+    if camera.dim() != 2 or camera.shape[1] != 25:
+        raise ValueError(f"camera must have shape [B, 25], got {tuple(camera.shape)}")
+    return camera[:, :16].reshape(-1, 4, 4), camera[:, 16:].reshape(-1, 3, 3)
+
+
+def pixel_centres(resolution: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised pixel centres, row-major: u (column) and v (row), each ``[res * res]``."""
+    t = (torch.arange(resolution, device=device, dtype=dtype) + 0.5) / resolution  # [res]
+    v, u = torch.meshgrid(t, t, indexing="ij")  # [res, res]: v varies along rows, u along columns
+    return u.reshape(-1), v.reshape(-1)
+
+
+def camera_rays(camera: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through the pixel centres: origins ``[B, R, 3]`` and unit directions ``[B, R, 3]``, R = res^2.
+
+    The camera-space direction of pixel (u, v) is ``(x, y, 1)`` with ``y = (v - cy) / fy`` and
+    ``x = (u - cx - sk * y) / fx``, rotated to world space by the cam2world rotation.
+    """
+    cam2world, K = split_camera(camera)
+    u, v = pixel_centres(resolution, camera.device, camera.dtype)  # [R] each
+    fx, fy, sk = K[:, 0, 0, None], K[:, 1, 1, None], K[:, 0, 1, None]  # [B, 1]
+    cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
+    y = (v[None] - cy) / fy  # [B, R]
+    x = (u[None] - cx - sk * y) / fx  # [B, R]
+    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [B, R, 3]
+    d_world = d_cam @ cam2world[:, :3, :3].transpose(1, 2)  # [B, R, 3]
+    directions = d_world / d_world.norm(dim=-1, keepdim=True)
+    origins = cam2world[:, None, :3, 3].expand_as(directions)  # [B, R, 3]
+    return origins, directions
+
+
+def project_points(camera: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points ``[B, N, 3]`` -> normalised image coordinates ``uv [B, N, 2]`` (u = column) and depth ``[B, N]``.
+
+    Depth is the camera-space z (distance along the optical axis). Pixel column = ``u * res - 0.5``.
+    """
+    cam2world, K = split_camera(camera)
+    R, t = cam2world[:, :3, :3], cam2world[:, :3, 3]  # [B, 3, 3], [B, 3]
+    p_cam = (points - t[:, None]) @ R  # [B, N, 3]: R^T (p - t), R orthonormal
+    z = p_cam[..., 2]
+    x, y = p_cam[..., 0] / z, p_cam[..., 1] / z
+    u = K[:, None, 0, 0] * x + K[:, None, 0, 1] * y + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * y + K[:, None, 1, 2]
+    return torch.stack([u, v], dim=-1), z
+
+
+def look_at_camera(
+    yaw: torch.Tensor,
+    pitch: torch.Tensor,
+    radius: float = RADIUS,
+    pivot: tuple[float, float, float] = PIVOT,
+    focal: float = FOCAL,
+) -> torch.Tensor:
+    """Cameras on a sphere around ``pivot`` looking at it, no roll: yaw, pitch ``[B]`` radians -> ``[B, 25]``.
+
+    The camera sits at ``pivot + radius * (cos(pitch) sin(yaw), sin(pitch), cos(pitch) cos(yaw))``: yaw = pitch = 0
+    is frontal, positive yaw moves it towards world +x, positive pitch moves it up. Built in float64.
+    """
+    yaw, pitch = yaw.double().reshape(-1), pitch.double().reshape(-1)
+    offset = torch.stack([pitch.cos() * yaw.sin(), pitch.sin(), pitch.cos() * yaw.cos()], dim=-1)  # [B, 3] unit
+    forward = -offset  # camera +z points at the pivot
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
+    right = torch.linalg.cross(forward, up)
+    right = right / right.norm(dim=-1, keepdim=True)  # camera +x
+    down = torch.linalg.cross(forward, right)  # camera +y (OpenCV: down)
+    cam2world = torch.zeros(yaw.shape[0], 4, 4, dtype=torch.float64)
+    cam2world[:, :3, :3] = torch.stack([right, down, forward], dim=-1)
+    cam2world[:, :3, 3] = torch.tensor(pivot, dtype=torch.float64) + radius * offset
+    cam2world[:, 3, 3] = 1.0
+    K = torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return torch.cat([cam2world.reshape(-1, 16), K.reshape(1, 9).expand(yaw.shape[0], 9)], dim=1).float()
+
+
+def fov_degrees(focal: float = FOCAL) -> float:
+    """Full field of view of a normalised focal length: ``2 atan(0.5 / f)`` in degrees (18.837 for 4.2647)."""
+    return math.degrees(2 * math.atan(0.5 / focal))
