@@ -1,0 +1,50 @@
+"""The clip-source interface shared by the synthetic generator and the on-disk clip folders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import torch
+
+BETA_DIM = 64
+CAMERA_DIM = 25
+
+
+class ClipInfo(NamedTuple):
+    """One clip: a name (unique in its source), an integer identity, its frame count and split."""
+
+    name: str
+    identity: int
+    frames: int
+    split: str
+
+
+class ClipSource(Protocol):
+    """Anything that serves frames of clips: ``SyntheticClips`` and ``ClipFolder`` implement it.
+
+    ``load`` takes a list of (clip index, frame indices) requests and returns, per request, a dict:
+    ``"image"`` # [n, 3, R, R] in [-1, 1], ``"beta"`` # [n, 64], ``"camera"`` # [n, 25] and, for
+    synthetic data only, ``"true_expression"`` # [n, 6]. All requests are served in one call so a
+    source can batch its work (the synthetic renderer traces them in one vectorised pass).
+    """
+
+    resolution: int
+    clips: Sequence[ClipInfo]
+
+    def load(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[dict[str, torch.Tensor]]: ...
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> uint8 with the same shape (round to nearest)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1] with the same shape (exact inverse of ``to_uint8`` on its outputs)."""
+    return images.to(torch.float32) / 127.5 - 1
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """What an image becomes after a lossless 8-bit round trip (PNG). Same shape, float32."""
+    return from_uint8(to_uint8(images))
