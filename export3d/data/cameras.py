@@ -29,6 +29,14 @@ PIVOT = (0.0, 0.0, 0.2)
 INTRINSICS = ((FOCAL, 0.0, 0.5), (0.0, FOCAL, 0.5), (0.0, 0.0, 1.0))
 
 
+def dot3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dot product over a last axis of size 3, summed in a fixed order. # [..., 3] x [..., 3] -> [...]
+
+    (A reduction kernel may group the terms differently for different batch shapes; this never does.)
+    """
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
 def intrinsics_tensor() -> torch.Tensor:
     """The normalised intrinsics as a float32 tensor. # [3, 3]"""
     return torch.tensor(INTRINSICS, dtype=torch.float32)
@@ -51,7 +59,7 @@ def orbit_camera(
     forward = -offset  # [B, 3], unit length, points at the pivot
     up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
     right = torch.linalg.cross(forward, up)
-    right = right / right.norm(dim=-1, keepdim=True)
+    right = right / torch.sqrt(dot3(right, right))[:, None]
     down = torch.linalg.cross(forward, right)  # [B, 3]; right x down = forward (right-handed)
     cam2world = torch.zeros(yaw.shape[0], 4, 4, dtype=torch.float64)
     cam2world[:, :3, 0] = right
@@ -94,5 +102,5 @@ def camera_rays(camera: torch.Tensor, resolution: int) -> tuple[torch.Tensor, to
     rot = cam2world[:, :3, :3]  # [B, 3, 3]
     world = [rot[:, i, 0, None] * dx + rot[:, i, 1, None] * dy + rot[:, i, 2, None] for i in range(3)]
     dirs = torch.stack(world, dim=-1)  # [B, N, 3]
-    dirs = dirs / torch.sqrt((dirs * dirs).sum(-1, keepdim=True))
+    dirs = dirs / torch.sqrt(dot3(dirs, dirs))[..., None]
     return cam2world[:, :3, 3], dirs

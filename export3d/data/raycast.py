@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from export3d.data.cameras import camera_rays
+from export3d.data.cameras import camera_rays, dot3
 from export3d.data.heads import BOUND_RADIUS, HEAD_CENTRE, TABLE_NAMES, colours, geometry_table, head_sdf
 
 LIGHT = (-0.38, 0.5, 0.78)  # world direction toward the key light (upper left of a frontal image, in front)
@@ -66,8 +66,8 @@ def _march(o, d, tab, t, t_end, eps, cone) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _bound(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Entry/exit depths of unit rays o + t d # [M, 3] through the bounding sphere, and whether they meet it."""
-    b = (o * d).sum(-1)
-    disc = b * b - ((o * o).sum(-1) - BOUND_RADIUS**2)
+    b = dot3(o, d)
+    disc = b * b - (dot3(o, o) - BOUND_RADIUS**2)
     root = torch.sqrt(disc.clamp_min(0))
     return (-b - root).clamp_min(0), -b + root, disc > 0
 
@@ -88,7 +88,7 @@ def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor
         nc = coarse_dirs.shape[1]
         cframe = torch.arange(bsz).repeat_interleave(nc * nc)
         co, cd = org[cframe], coarse_dirs.reshape(-1, 3)
-        dist_c = torch.sqrt((co * co).sum(-1))
+        dist_c = torch.sqrt(dot3(co, co))
         cone = (1.5 * block) * eps[cframe]  # >= the angle from a tile's centre ray to its corner pixels' rays
         start, end = (dist_c - BOUND_RADIUS).clamp_min(0), dist_c + BOUND_RADIUS
         tc, state_c = _march(co, cd, table.index_select(1, cframe), start, end, eps[cframe], cone)
@@ -186,10 +186,10 @@ def render_heads(appearance: torch.Tensor, expression: torch.Tensor, camera: tor
             kk = torch.tensor(k)
             qk = q + h[:, None] * kk
             normal = normal + head_sdf(qk[:, 0], qk[:, 1], qk[:, 2], p)[:, None] * kk
-        normal = normal / torch.sqrt((normal * normal).sum(-1, keepdim=True)).clamp_min(1e-12)
+        normal = normal / torch.sqrt(dot3(normal, normal)).clamp_min(1e-12)[:, None]
         light = torch.tensor(LIGHT)
-        light = light / torch.sqrt((light * light).sum())
-        lambert = (normal * light).sum(-1).clamp_min(0)  # [H]
+        light = light / torch.sqrt(dot3(light, light))
+        lambert = dot3(normal, light).clamp_min(0)  # [H]
         frame_col = {k: c[fr] for k, c in col.items()}
         albedo = _albedo(groups, q, p, frame_col, tau=4 * pix[hid] * t[hid] + 1e-4)
         image[hid] = albedo * (AMBIENT + DIFFUSE * lambert)[:, None]

@@ -173,7 +173,13 @@ class SyntheticHeads:
         a_id = self.appearance([k.identity for k in keys]) * 2 - 1  # [B, n_app]
         noise = [torch.randn(BETA_DIM, generator=generator(self.config.seed, _NOISE, *k)) for k in keys]
         noise = torch.stack(noise) if noise else torch.zeros(0, BETA_DIM)
-        return e @ self.A.T + a_id @ self.B.T + self.config.beta_noise * noise
+        # Explicit accumulation (not a matmul) so a frame's beta does not depend on the batch it is in.
+        out = self.config.beta_noise * noise  # [B, 64]
+        for k in range(N_EXPRESSION):
+            out = out + e[:, k, None] * self.A[:, k]
+        for k in range(N_APPEARANCE):
+            out = out + a_id[:, k, None] * self.B[:, k]
+        return out
 
     def render(self, identities: Sequence[int], expression: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
         """Render identities with any expressions # [B, 6] from any cameras # [B, 25] -> # [B, 3, R, R]."""
