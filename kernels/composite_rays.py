@@ -425,9 +425,7 @@ def composite_rays(
                 colors, densities, depths, float(density_bias), bool(white_back)
             )
             return out[0], out[1], out[2]
-    # The reference computes and returns fp32 for half inputs; return colors.dtype like the kernels do.
-    rgb, depth, weights = composite_rays_ref(colors, densities, depths, density_bias, white_back)
-    return rgb.to(colors.dtype), depth.to(colors.dtype), weights.to(colors.dtype)
+    return composite_rays_ref(colors, densities, depths, density_bias, white_back)
 
 
 # ----------------------------------------------------------------------------------------------- AOT configurations

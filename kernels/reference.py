@@ -77,26 +77,30 @@ def composite_rays_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EG3D's MipRayMarcher2: alpha-composite the S - 1 interval midpoints of every ray.
 
-    Returns ``rgb [B, R, C]``, ``depth [B, R, 1]`` (expected depth; nan -> inf, then clamped to the
-    ray's own [min, max] sample depth) and ``weights [B, R, S-1, 1]``. Unlike EG3D, the colour is not
+    Returns ``rgb [B, R, C]``, ``depth [B, R, 1]`` (expected depth; an empty ray's 0 / 0 -> inf, then
+    clamped to the ray's own [min, max] sample depth) and ``weights [B, R, S-1, 1]``. Unlike EG3D, the colour is not
     rescaled by ``* 2 - 1`` here; that belongs to the caller.
     """
+    dtype = colors.dtype
     colors, densities, depths = _acc(colors), _acc(densities), _acc(depths)
     deltas = depths[:, :, 1:] - depths[:, :, :-1]  # [B, R, S-1, 1]
     colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
     densities_mid = (densities[:, :, :-1] + densities[:, :, 1:]) / 2
     depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
     sigma = F.softplus(densities_mid + density_bias)
-    alpha = 1 - torch.exp(-sigma * deltas)
+    alpha = -torch.expm1(-sigma * deltas)  # 1 - exp(-sigma delta), exact for nearly transparent intervals
     shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], dim=2)
     weights = alpha * torch.cumprod(shifted, dim=2)[:, :, :-1]  # [B, R, S-1, 1]
     rgb = (weights * colors_mid).sum(2)  # [B, R, C]
     total = weights.sum(2)  # [B, R, 1]
-    depth = torch.nan_to_num((weights * depths_mid).sum(2) / total, nan=float("inf"))
+    # EG3D divides 0 / 0 -> nan -> inf for empty rays; the where keeps that value but gives zero gradient
+    # there instead of nan (the kernel's backward does the same).
+    empty = total == 0
+    depth = torch.where(empty, float("inf"), (weights * depths_mid).sum(2) / torch.where(empty, 1.0, total))
     depth = torch.minimum(torch.maximum(depth, depths.amin(2)), depths.amax(2))
     if white_back:
         rgb = rgb + 1 - total
-    return rgb, depth, weights
+    return rgb.to(dtype), depth.to(dtype), weights.to(dtype)
 
 
 def default_lowpass_taps(num_taps: int = 5, sigma: float = 1.0, dtype=torch.float32, device=None) -> torch.Tensor:
