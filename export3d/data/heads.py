@@ -126,7 +126,7 @@ def geometry_table(appearance: torch.Tensor, expression: torch.Tensor) -> dict[s
         "chin_rx": 0.07 * a.jaw_width,
         "chin_ry": 0.055 + 0.012 * a.chin_length,
         "cheek_cx": 0.064 * a.face_width,
-        "cheek_cy": -0.08 + 0.014 * smile,
+        "cheek_cy": -0.086 + 0.01 * smile,
         "cheek_cz": 0.09 + 0.014 * smile,
         "cheek_rx": 0.04 * cheek_s,
         "cheek_ry": 0.028 * cheek_s,
@@ -215,7 +215,7 @@ def head_sdf(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, p: SimpleNamespa
               _ellipsoid(x, y + 0.055, z - 0.035, p.face_rx, 0.125, 0.135), 0.05)
     d = _smin(d, _ellipsoid(x, y - p.chin_cy, z - p.chin_cz, p.chin_rx, p.chin_ry, 0.085), 0.04)
     cheek = _ellipsoid(ax - p.cheek_cx, y - p.cheek_cy, z - p.cheek_cz, p.cheek_rx, p.cheek_ry, p.cheek_rz)
-    d = _smin(d, cheek, 0.035)
+    d = _smin(d, cheek, 0.025)
     d = _smin(d, _capsule_y(x, y + 0.155, z + 0.01, p.neck_r, 0.095), 0.04)
     d = _smin(d, _ellipsoid(ax - p.ear_cx, y, z, 0.018, p.ear_ry, p.ear_rz), 0.01)
     nose = _smin(_ellipsoid(x, y + 0.005, z - 0.143, p.nose_bx, 0.045, 0.025),

@@ -21,6 +21,8 @@ AMBIENT = 0.38
 DIFFUSE = 0.7
 MAX_STEPS = 96
 CONE_BLOCK = 4  # pixel tile size of the cone pre-pass
+REFINE_STEPS = 6  # unrelaxed sphere-tracing steps on each hit after convergence
+HIT_TOLERANCE = 0.1  # a ray hits where the SDF is below this fraction of a pixel footprint
 STEP = 0.9  # under-relaxation: the ellipsoid and bent-mouth fields are bounds, not exact distances
 TETRA = ((1.0, -1.0, -1.0), (-1.0, -1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, 1.0, 1.0))
 
@@ -103,8 +105,12 @@ def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor
         fr = frame[idx]
         o, d, tab = o.index_select(0, idx), d.index_select(0, idx), table.index_select(1, fr)
         t, state = _march(o, d, tab, t0[idx], t1[idx], eps[fr], torch.zeros(idx.shape[0]))
-        hit[idx] = state == 1
-        t_hit[idx] = torch.where(state == 1, t, float("inf"))
+        keep = torch.nonzero(state == 1).squeeze(1)
+        idx, t, o, d, tab = idx[keep], t[keep], o[keep], d[keep], tab.index_select(1, keep)
+        for _ in range(REFINE_STEPS):  # polish the hit so it hardly depends on the path the march took
+            t = t + head_sdf(o[:, 0] + t * d[:, 0], o[:, 1] + t * d[:, 1], o[:, 2] + t * d[:, 2], _rows(tab))
+        hit[idx] = True
+        t_hit[idx] = t
     return t_hit, hit
 
 
@@ -159,7 +165,7 @@ def render_heads(appearance: torch.Tensor, expression: torch.Tensor, camera: tor
     size = geo["size"]  # [B]
     origins, dirs = camera_rays(camera, res)  # [B, 3], [B, N, 3]
     org = (origins - torch.tensor(HEAD_CENTRE)) / size[:, None]  # [B, 3] head-local camera centres
-    eps = 0.5 / (camera[:, 16].to(torch.float32) * res)  # [B] half a pixel's angular size
+    eps = HIT_TOLERANCE / (camera[:, 16].to(torch.float32) * res)  # [B] hit tolerance (radians)
     block = CONE_BLOCK if res % CONE_BLOCK == 0 and res >= 4 * CONE_BLOCK else 1
     coarse = camera_rays(camera, res // block)[1].reshape(bsz, res // block, res // block, 3) if block > 1 else None
     t, hit = _trace(org, dirs.reshape(bsz, res, res, 3), coarse, table, eps, block)
@@ -167,7 +173,7 @@ def render_heads(appearance: torch.Tensor, expression: torch.Tensor, camera: tor
     frame = torch.arange(bsz).repeat_interleave(n)  # [B*N] frame index of each ray
     org = org[frame]
     flat_dirs = dirs.reshape(-1, 3)
-    pix = eps[frame]
+    pix = (0.5 / (camera[:, 16].to(torch.float32) * res))[frame]  # [B*N] half a pixel's angular size
 
     # Background: the identity's colour with a soft vertical gradient (top lighter).
     v = (torch.arange(res, dtype=torch.float32) + 0.5) / res
@@ -191,7 +197,7 @@ def render_heads(appearance: torch.Tensor, expression: torch.Tensor, camera: tor
         light = light / torch.sqrt(dot3(light, light))
         lambert = dot3(normal, light).clamp_min(0)  # [H]
         frame_col = {k: c[fr] for k, c in col.items()}
-        albedo = _albedo(groups, q, p, frame_col, tau=4 * pix[hid] * t[hid] + 1e-4)
+        albedo = _albedo(groups, q, p, frame_col, tau=pix[hid] * t[hid] + 1e-4)  # blend over ~half a pixel
         image[hid] = albedo * (AMBIENT + DIFFUSE * lambert)[:, None]
     image = image.clamp(0, 1).reshape(bsz, res, res, 3).permute(0, 3, 1, 2)  # [B, 3, res, res]
     mask = hit.to(torch.float32).reshape(bsz, 1, res, res)
