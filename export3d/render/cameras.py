@@ -97,5 +97,10 @@ def look_at_camera(
 
 
 def fov_degrees(focal: float = FOCAL) -> float:
-    """Full field of view of a normalised focal length: ``2 atan(0.5 / f)`` in degrees (18.837 for 4.2647)."""
-    return math.degrees(2 * math.atan(0.5 / focal))
+    """EG3D's field of view of a normalised focal length, ``2 atan(1 / (sqrt(2) f))`` in degrees.
+
+    That is the diagonal FOV of the unit image: 18.83 deg for f = 4.2647 (EG3D quotes 18.837, computed with
+    1.414 and 3.14159 for sqrt(2) and pi); the horizontal FOV is
+    ``2 atan(0.5 / f)`` (13.37 deg). EG3D's ``fov_to_intrinsics`` is the inverse of this function.
+    """
+    return math.degrees(2 * math.atan(1.0 / (math.sqrt(2.0) * focal)))

@@ -78,7 +78,8 @@ def importance_depths(
     The weights are smoothed as in EG3D: ``max_pool1d(k=2, s=1, p=1)`` then ``avg_pool1d(k=2, s=1)``
     then ``+ 0.01``. As in EG3D's released code (which reuses NeRF's indexing with one weight fewer per
     ray), the inner S - 3 smoothed weights are the densities of the S - 3 bins between the first S - 2
-    midpoints of the coarse depths; the last midpoint is not used.
+    midpoints of the coarse depths; the last midpoint is not used. (So the samples sit about half an
+    interval nearer the camera than the coarse weights they follow; we keep EG3D's behaviour.)
     """
     B, R, S, _ = depths.shape
     z = depths.detach().reshape(B * R, S)

@@ -1,0 +1,132 @@
+"""Tri-plane generator: EMA buffer, zero-initialised expression modulation, attention helper, FIR blocks."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export3d import attention as attention_mod
+from export3d.blocks import downsample2x, fir_kernel_2d, upsample2x
+from export3d.config import preset
+from export3d.generator import TriplaneGenerator
+from tests.model.helpers import inputs, small_model
+
+
+def _generator(seed=0):
+    torch.manual_seed(seed)
+    return TriplaneGenerator(preset("tiny", image_size=32), kernel_impl="reference", attention_backend="sdpa")
+
+
+def test_triplane_ema_follows_its_formula_in_training_and_is_frozen_otherwise():
+    gen = _generator()
+    g = torch.Generator().manual_seed(0)
+    src, code = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1, torch.randn(3, 32, generator=g)
+    assert gen.triplane_ema.shape == (3, 16, 16, 16) and (gen.triplane_ema == 0).all()
+    gen.train()
+    ema = torch.zeros_like(gen.triplane_ema)
+    for step in range(3):
+        src_step = src + 0.1 * step
+        with torch.no_grad():
+            raw = gen.generate_raw(src_step, code)  # [B, 3, C, P, P]
+        out = gen(src_step, code)  # a generator training step
+        torch.testing.assert_close(out, raw + ema, atol=1e-6, rtol=1e-6)  # T = T_raw + T_ema(previous)
+        ema = 0.998 * ema + 0.002 * raw.mean(dim=0)
+        torch.testing.assert_close(gen.triplane_ema, ema, atol=1e-7, rtol=1e-5)
+        assert not gen.triplane_ema.requires_grad
+        out.sum().backward()  # the buffer update did not break autograd
+    assert gen.triplane_ema.abs().max() > 0
+    stored = gen.triplane_ema.clone()
+    with torch.no_grad():  # no_grad forwards in training mode (D steps, sampling) do not advance it
+        gen(src, code)
+    torch.testing.assert_close(gen.triplane_ema, stored, atol=0, rtol=0)
+    gen.eval()  # eval: the stored buffer is used and never updated
+    out = gen(src, code)
+    torch.testing.assert_close(gen.triplane_ema, stored, atol=0, rtol=0)
+    torch.testing.assert_close(out, gen.generate_raw(src, code) + stored, atol=1e-6, rtol=1e-6)
+    assert "triplane_ema" in gen.state_dict()
+
+
+def test_expression_has_no_effect_at_init_and_does_after_one_step():
+    model = small_model().set_impl("reference")
+    src, beta, cam = inputs(model, batch=2)
+    beta_other = torch.randn_like(beta) * 3
+    model.eval()
+    with torch.no_grad():
+        a, b = model(src, beta, cam), model(src, beta_other, cam)
+        c = model(torch.flip(src, dims=[0]), beta, cam)
+    # Zero-initialised EAdaLN modulation: beta' has exactly no effect ...
+    torch.testing.assert_close(a.image, b.image, atol=0, rtol=0)
+    torch.testing.assert_close(a.triplane, b.triplane, atol=0, rtol=0)
+    # ... while the source image does.
+    assert (a.triplane[0] - c.triplane[0]).abs().max() > 1e-3
+    # One training step moves the modulation weights (their gradient is dscale x SiLU(beta') != 0).
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    out = model(src, beta, cam)
+    loss = (out.image - src).square().mean() + (out.image_raw - F.interpolate(src, size=8)).square().mean()
+    loss.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        a, b = model(src, beta, cam), model(src, beta_other, cam)
+    assert (a.triplane - b.triplane).abs().max() > 1e-4
+    assert (a.image - b.image).abs().max() > 1e-5
+
+
+def test_attention_backends_agree_and_the_choice_is_recorded():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (37, 9, 9))
+    ref = attention_mod.attention(q, k, v, "math")
+    assert attention_mod.last_backend_used() == "math"
+    out = attention_mod.attention(q, k, v, "auto")
+    assert attention_mod.last_backend == "sdpa"  # CPU tensors: never xformers
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="xformers"):
+        attention_mod.attention(q, k, v, "xformers")
+    with pytest.raises(ValueError, match="backend"):
+        attention_mod.attention(q, k, v, "flash")
+
+
+def test_model_attention_follows_impl():
+    model = small_model()
+    src, beta, cam = inputs(model, batch=1)
+    model.eval()
+    with torch.no_grad():
+        model.set_impl("reference")(src, beta, cam)
+        assert attention_mod.last_backend == "math"
+        model.set_impl("fast")(src, beta, cam)
+        assert attention_mod.last_backend == "sdpa"
+
+
+def test_import_and_cpu_forward_do_not_import_xformers_or_lpips():
+    code = (
+        "import sys, torch\n"
+        "import export3d\n"
+        "from export3d import Export3D\n"
+        "from export3d.render import look_at_camera\n"
+        "m = Export3D.from_preset('tiny', image_size=32, render={'n_coarse': 4, 'n_fine': 4}).eval()\n"
+        "with torch.no_grad():\n"
+        "    m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 64), look_at_camera(torch.zeros(1), torch.zeros(1)))\n"
+        "bad = [n for n in ('xformers', 'lpips') if n in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_fir_resampling_matches_upfirdn():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, generator=g)
+    k = fir_kernel_2d((1.0, 3.0, 3.0, 1.0))
+    # upfirdn2d(up=2, pad=(2, 1)): zero-insert, pad, correlate with the kernel * 4.
+    z = torch.zeros(2, 3, 10, 14)
+    z[..., ::2, ::2] = x
+    want = F.conv2d(F.pad(z, (2, 1, 2, 1)), (k * 4).expand(3, 1, 4, 4), groups=3)
+    torch.testing.assert_close(upsample2x(x, k), want, atol=1e-6, rtol=1e-6)
+    # A constant image stays constant in the interior after up- and down-sampling (unit DC gain).
+    ones = torch.ones(1, 1, 8, 8)
+    assert torch.allclose(upsample2x(ones, k)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
+    assert torch.allclose(downsample2x(ones, k)[..., 1:-1, 1:-1], torch.ones(1, 1, 2, 2))
+    assert downsample2x(x[..., :4, :6], k).shape == (2, 3, 2, 3)

@@ -1,0 +1,145 @@
+"""Cameras, rays, depth sampling and the volume renderer."""
+
+import math
+
+import pytest
+import torch
+
+from export3d.config import preset
+from export3d.render import (
+    VolumeRenderer,
+    camera_rays,
+    fov_degrees,
+    importance_depths,
+    look_at_camera,
+    project_points,
+    sample_pdf,
+    stratified_depths,
+)
+
+
+def _independent_pixel(camera: torch.Tensor, point: torch.Tensor, res: int) -> torch.Tensor:
+    """Pinhole projection written from scratch: inv(cam2world) then K -> (column, row) in pixels."""
+    c2w = camera[:16].reshape(4, 4).double()
+    K = camera[16:].reshape(3, 3).double()
+    p_cam = torch.linalg.inv(c2w) @ torch.cat([point.double(), torch.ones(1, dtype=torch.float64)])
+    uvw = K @ p_cam[:3]
+    return torch.stack([uvw[0] / uvw[2], uvw[1] / uvw[2]]) * res - 0.5
+
+
+def test_point_on_a_ray_projects_to_that_rays_pixel():
+    res = 16
+    camera = look_at_camera(torch.tensor([0.3, -0.5]), torch.tensor([0.2, -0.1]))  # [2, 25]
+    origins, dirs = camera_rays(camera, res)  # [2, R, 3]
+    torch.testing.assert_close(dirs.norm(dim=-1), torch.ones(2, res * res))
+    for b, (row, col) in [(0, (3, 11)), (1, (15, 0)), (1, (7, 8))]:
+        ray = row * res + col  # rays are row-major
+        point = origins[b, ray] + 2.8 * dirs[b, ray]
+        pixel = _independent_pixel(camera[b], point, res)
+        torch.testing.assert_close(pixel.float(), torch.tensor([float(col), float(row)]), atol=1e-3, rtol=0)
+        uv, depth = project_points(camera[b : b + 1], point[None, None])
+        torch.testing.assert_close(uv[0, 0] * res - 0.5, torch.tensor([float(col), float(row)]), atol=1e-3, rtol=0)
+        assert depth.item() > 0
+
+
+def test_frontal_camera_conventions():
+    camera = look_at_camera(torch.zeros(1), torch.zeros(1))
+    c2w = camera[0, :16].reshape(4, 4)
+    torch.testing.assert_close(c2w[:3, :3], torch.diag(torch.tensor([1.0, -1.0, -1.0])))
+    torch.testing.assert_close(c2w[:3, 3], torch.tensor([0.0, 0.0, 2.9]))
+    assert abs(fov_degrees() - 18.837) < 1e-2  # EG3D rounds sqrt(2) and pi
+    pts = torch.tensor([[[0.0, 0.0, 0.2], [0.1, 0.0, 0.2], [0.0, 0.1, 0.2]]])
+    uv, depth = project_points(camera, pts)
+    torch.testing.assert_close(uv[0, 0], torch.tensor([0.5, 0.5]))
+    assert uv[0, 1, 0] > 0.5  # world +x appears on the right
+    assert uv[0, 2, 1] < 0.5  # world +y (up) appears at the top
+    torch.testing.assert_close(depth[0], torch.full((3,), 2.7))
+
+
+def test_rays_match_the_data_pipeline_cameras():
+    cams = pytest.importorskip("export3d.data.cameras")
+    if not hasattr(cams, "camera_rays"):
+        pytest.skip("export3d.data.cameras has no camera_rays")
+    camera = look_at_camera(torch.tensor([0.4]), torch.tensor([-0.2]))
+    origins, dirs = camera_rays(camera, 8)
+    o2, d2 = cams.camera_rays(camera, 8)
+    torch.testing.assert_close(dirs, d2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(origins[:, 0], o2, atol=1e-6, rtol=0)
+
+
+def test_stratified_depths_grid_and_jitter():
+    grid = stratified_depths(2, 3, 5, 2.25, 3.3, jitter=False)
+    assert grid.shape == (2, 3, 5, 1)
+    torch.testing.assert_close(grid[0, 0, :, 0], torch.linspace(2.25, 3.3, 5))
+    torch.manual_seed(0)
+    jit = stratified_depths(2, 3, 5, 2.25, 3.3, jitter=True)
+    step = (3.3 - 2.25) / 4
+    offset = jit - grid
+    assert (offset >= 0).all() and (offset < step).all() and offset.std() > 0.05 * step
+    assert (jit[..., 1:, :] > jit[..., :-1, :]).all()
+
+
+def _inverse_cdf(u: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Analytic inverse CDF of a piecewise-constant density (reference for sample_pdf)."""
+    p = weights / weights.sum()
+    cdf = torch.cat([torch.zeros(1, dtype=p.dtype), p.cumsum(0)])
+    out = torch.empty_like(u)
+    for i, x in enumerate(u.tolist()):
+        k = min(max(int(torch.searchsorted(cdf, torch.tensor(x, dtype=p.dtype), right=True)) - 1, 0), len(p) - 1)
+        while p[k] == 0:  # a zero-probability bin is skipped: its CDF is flat
+            k += 1
+        out[i] = edges[k] + (x - cdf[k]) / p[k] * (edges[k + 1] - edges[k])
+    return out
+
+
+def test_sample_pdf_is_inverse_cdf_sampling():
+    edges = torch.tensor([0.0, 0.5, 1.0, 2.0, 2.25], dtype=torch.float64)
+    weights = torch.tensor([1.0, 3.0, 0.0, 4.0], dtype=torch.float64)
+    n = 32  # u = k / 31 never hits a CDF knot (1/8, 1/2), where the quantile is not unique
+    got = sample_pdf(edges[None], weights[None], n, deterministic=True, eps=1e-9)[0]
+    want = _inverse_cdf(torch.linspace(0, 1, n, dtype=torch.float64), edges, weights)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert not ((got > 1.0) & (got < 2.0)).any(), "samples landed in the zero-weight bin"
+    # Random draws: bin frequencies follow the weights.
+    torch.manual_seed(0)
+    draws = sample_pdf(edges[None].expand(4, -1), weights[None].expand(4, -1), 5000, eps=1e-9).flatten()
+    freq = torch.histogram(draws, edges).hist / draws.numel()
+    torch.testing.assert_close(freq, weights / weights.sum(), atol=0.015, rtol=0)
+
+
+def test_importance_depths_concentrate_where_the_weight_is():
+    depths = stratified_depths(1, 2, 24, 2.25, 3.3, jitter=False)  # [1, 2, 24, 1]
+    weights = torch.zeros(1, 2, 23, 1)
+    weights[0, 0, 10] = 1.0  # ray 0: a surface in interval 10; ray 1: empty
+    fine = importance_depths(depths, weights, 64, deterministic=True)
+    assert fine.shape == (1, 2, 64, 1) and not fine.requires_grad
+    # Smoothed weights (max-pool, avg-pool, + 0.01): 0.5, 1, 0.5 on intervals 9..11, 0.01 elsewhere; the inner
+    # 21 of them weight the bins between the first 22 midpoints (EG3D's indexing), so intervals 9..11 own
+    # the bins from midpoint 8 to midpoint 11 and (0.5 + 1 + 0.5 + 3 * 0.01) / (2 + 21 * 0.01) of the mass.
+    z = depths[0, 0, :, 0]
+    lo, hi = (z[8] + z[9]) / 2, (z[11] + z[12]) / 2
+    inside = ((fine[0, 0] >= lo) & (fine[0, 0] <= hi)).float().mean().item()
+    assert abs(inside - 2.03 / 2.21) < 0.02, f"{inside:.3f} of the samples near the surface"
+    spread = fine[0, 1, :, 0]
+    assert spread.min() < 2.4 and spread.max() > 3.1, "an empty ray should sample its whole range"
+
+
+def test_renderer_outputs_and_eval_is_deterministic():
+    torch.manual_seed(0)
+    cfg = preset("tiny", image_size=32, render={"n_coarse": 8, "n_fine": 8})
+    renderer = VolumeRenderer(cfg, kernel_impl="reference")
+    planes = torch.randn(2, 3, cfg.generator.plane_channels, 16, 16)
+    camera = look_at_camera(torch.tensor([0.0, 0.3]), torch.zeros(2))
+    renderer.eval()
+    a, b = renderer(planes, camera), renderer(planes, camera)
+    assert a.features.shape == (2, cfg.render.feature_channels, 8, 8)
+    assert a.image_raw.shape == (2, 3, 8, 8) and a.depth.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(a.features, b.features, atol=0, rtol=0)
+    torch.testing.assert_close(a.image_raw, a.features[:, :3] * 2 - 1)
+    assert a.image_raw.min() >= -1.002 and a.image_raw.max() <= 1.002
+    assert (a.depth >= 2.25).all() and (a.depth <= 3.3).all()
+    renderer.train()
+    torch.manual_seed(1)
+    c = renderer(planes, camera)
+    assert not torch.equal(c.features, a.features), "training mode should jitter the samples"
+    assert math.isfinite(c.features.sum().item())
