@@ -178,8 +178,10 @@ TABLE_NAMES = tuple(geometry_table(torch.full((1, N_APPEARANCE), 0.5), torch.zer
 
 def _ellipsoid(x, y, z, rx, ry, rz):
     """Approximate SDF of an axis-aligned ellipsoid centred at the origin (bound, not exact)."""
-    k0 = torch.sqrt((x / rx) ** 2 + (y / ry) ** 2 + (z / rz) ** 2)
-    k1 = torch.sqrt((x / (rx * rx)) ** 2 + (y / (ry * ry)) ** 2 + (z / (rz * rz)) ** 2)
+    a, b, c = x / rx, y / ry, z / rz
+    k0 = torch.sqrt(a * a + b * b + c * c)
+    a, b, c = a / rx, b / ry, c / rz
+    k1 = torch.sqrt(a * a + b * b + c * c)
     return k0 * (k0 - 1) / k1.clamp_min(1e-9)
 
 
@@ -201,7 +203,8 @@ def _capsule_y(x, y, z, r, half):
     """Vertical capped cylinder of radius r and half-height ``half`` centred at the origin."""
     dr = torch.sqrt(x * x + z * z) - r
     dy = y.abs() - half
-    outside = torch.sqrt(dr.clamp_min(0) ** 2 + dy.clamp_min(0) ** 2)
+    pr, py = dr.clamp_min(0), dy.clamp_min(0)
+    outside = torch.sqrt(pr * pr + py * py)
     return outside + torch.maximum(dr, dy).clamp_max(0)
 
 

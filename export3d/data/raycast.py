@@ -19,7 +19,8 @@ from export3d.data.heads import BOUND_RADIUS, HEAD_CENTRE, TABLE_NAMES, colours,
 LIGHT = (-0.38, 0.5, 0.78)  # world direction toward the key light (upper left of a frontal image, in front)
 AMBIENT = 0.38
 DIFFUSE = 0.7
-MAX_STEPS = 96
+CONE_STEPS = 32  # step budget of the cone pre-pass (an unfinished cone is still a safe start)
+MAX_STEPS = 64  # step budget per pixel ray; rays still creeping along a silhouette then end as below
 CONE_BLOCK = 4  # pixel tile size of the cone pre-pass
 REFINE_STEPS = 6  # unrelaxed sphere-tracing steps on each hit after convergence
 HIT_TOLERANCE = 0.1  # a ray hits where the SDF is below this fraction of a pixel footprint
@@ -32,7 +33,7 @@ def _rows(table: torch.Tensor) -> SimpleNamespace:
     return SimpleNamespace(**dict(zip(TABLE_NAMES, table.unbind(0), strict=True)))
 
 
-def _march(o, d, tab, t, t_end, eps, cone) -> tuple[torch.Tensor, torch.Tensor]:
+def _march(o, d, tab, t, t_end, eps, cone, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sphere-trace M head-local rays from depth t. o, d # [M, 3], tab # [P, M], t, t_end, eps # [M].
 
     Returns the stopping depth # [M] and a state # [M] (int8): 1 = reached the surface
@@ -45,7 +46,7 @@ def _march(o, d, tab, t, t_end, eps, cone) -> tuple[torch.Tensor, torch.Tensor]:
     state = torch.full(t.shape, -1, dtype=torch.int8)
     idx = torch.arange(t.shape[0])
     fin = torch.zeros(t.shape[0], dtype=torch.bool)
-    for _ in range(MAX_STEPS):
+    for _ in range(steps):
         if idx.numel() == 0:
             break
         dist = head_sdf(o[:, 0] + t * d[:, 0], o[:, 1] + t * d[:, 1], o[:, 2] + t * d[:, 2], _rows(tab))
@@ -93,7 +94,7 @@ def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor
         dist_c = torch.sqrt(dot3(co, co))
         cone = (1.5 * block) * eps[cframe]  # >= the angle from a tile's centre ray to its corner pixels' rays
         start, end = (dist_c - BOUND_RADIUS).clamp_min(0), dist_c + BOUND_RADIUS
-        tc, state_c = _march(co, cd, table.index_select(1, cframe), start, end, eps[cframe], cone)
+        tc, state_c = _march(co, cd, table.index_select(1, cframe), start, end, eps[cframe], cone, CONE_STEPS)
         tile = (torch.arange(res) // block)[:, None] * nc + (torch.arange(res) // block)[None, :]  # [R, R]
         tile = (tile.reshape(1, -1) + (torch.arange(bsz) * nc * nc)[:, None]).reshape(-1)  # [B*R*R]
         t0 = torch.maximum(t0, tc[tile])
@@ -104,7 +105,13 @@ def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor
     if idx.numel() > 0:
         fr = frame[idx]
         o, d, tab = o.index_select(0, idx), d.index_select(0, idx), table.index_select(1, fr)
-        t, state = _march(o, d, tab, t0[idx], t1[idx], eps[fr], torch.zeros(idx.shape[0]))
+        t, state = _march(o, d, tab, t0[idx], t1[idx], eps[fr], torch.zeros(idx.shape[0]), MAX_STEPS)
+        unfinished = torch.nonzero(state == -1).squeeze(1)
+        if unfinished.numel() > 0:  # out of steps (grazing a silhouette): a hit if within half a pixel
+            u = unfinished
+            dist = head_sdf(o[u, 0] + t[u] * d[u, 0], o[u, 1] + t[u] * d[u, 1], o[u, 2] + t[u] * d[u, 2],
+                            _rows(tab.index_select(1, u)))
+            state[u] = (dist.abs() < (0.5 / HIT_TOLERANCE) * eps[fr[u]] * t[u]).to(torch.int8)
         keep = torch.nonzero(state == 1).squeeze(1)
         idx, t, o, d, tab = idx[keep], t[keep], o[keep], d[keep], tab.index_select(1, keep)
         for _ in range(REFINE_STEPS):  # polish the hit so it hardly depends on the path the march took
