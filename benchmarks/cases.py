@@ -1,0 +1,118 @@
+"""Shared benchmark cases: each fused op at the paper preset's sizes, and a minimal EG3D-style render.
+
+``python benchmarks/cases.py`` prints the bytes each op's autograd graph saves for backward with
+``impl="reference"`` and ``impl="triton"``. They are measured on fake CUDA tensors
+(``FakeTensorMode``), so no GPU and no memory is needed: the custom ops' fake registrations and
+autograd ``setup_context`` run exactly as they would on a GPU. ``tests/kernels/test_saved_memory.py``
+checks the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from export3d.kernels import composite_rays, eadaln, pixel_shuffle_lowpass, triplane_sample
+from export3d.kernels.utils import saved_tensor_bytes
+
+RAYS, SAMPLES, CHANNELS, PLANE = 64 * 64, 48, 32, 128  # paper preset: 64 x 64 rays, 48 samples, C = 32
+
+
+def case_inputs(op: str, device: str = "cuda", batch: int = 1) -> tuple:
+    """Inputs (requiring grad) for ``op`` at paper-preset sizes; call inside ``FakeTensorMode`` for free."""
+    B = batch
+    if op == "triplane_sample":
+        planes = torch.randn(B, 3, CHANNELS, PLANE, PLANE, device=device, requires_grad=True)  # [B, 3, C, H, W]
+        coords = torch.rand(B, RAYS * SAMPLES, 3, device=device) - 0.5  # [B, N, 3]
+        return planes, coords
+    if op == "composite_rays":
+        colors = torch.rand(B, RAYS, SAMPLES, CHANNELS, device=device, requires_grad=True)  # [B, R, S, C]
+        densities = torch.randn(B, RAYS, SAMPLES, 1, device=device, requires_grad=True)
+        depths = torch.linspace(2.25, 3.3, SAMPLES, device=device).view(1, 1, SAMPLES, 1).expand(B, RAYS, -1, -1)
+        return colors, densities, depths.contiguous()
+    if op == "pixel_shuffle_lowpass":
+        return (torch.randn(B, 4 * 256, 32, 32, device=device, requires_grad=True),)  # 1024 tokens-wide -> 64 x 64
+    if op == "eadaln":
+        x = torch.randn(B, 256, 1024, device=device, requires_grad=True)  # 256 tokens of h = 1024
+        mod = torch.randn(B, 1024, device=device, requires_grad=True)
+        return x, mod, mod * 0.5
+    raise ValueError(f"unknown op {op!r}")
+
+
+def minimal_render(planes, weights, origins, dirs, depths, impl):
+    """EG3D's pipeline in miniature: planes -> triplane_sample -> MLP -> composite_rays.
+
+    planes ``[B, 3, C, H, W]``, weights ``(w1 [C, h], w_sigma [h, 1], w_rgb [h, Cf])``, origins / dirs
+    ``[B, R, 3]``, depths ``[B, R, S, 1]`` -> rgb ``[B, R, Cf]`` (white background), depth ``[B, R, 1]``.
+    """
+    w1, w_sigma, w_rgb = weights
+    B, R, S, _ = depths.shape
+    points = origins[:, :, None] + dirs[:, :, None] * depths  # [B, R, S, 3]
+    feats = triplane_sample(planes, points.reshape(B, R * S, 3), axes="xyz", impl=impl)  # [B, R*S, C]
+    hidden = F.softplus(feats @ w1)
+    sigma = (hidden @ w_sigma).view(B, R, S, 1)
+    rgb = (torch.sigmoid(hidden @ w_rgb) * 1.002 - 0.001).view(B, R, S, -1)
+    out_rgb, out_depth, _ = composite_rays(rgb, sigma, depths, white_back=True, impl=impl)
+    return out_rgb, out_depth
+
+
+def render_scene(B=1, C=CHANNELS, res=PLANE, R=RAYS, S=SAMPLES, hidden=64, seed=0, device="cpu"):
+    """Inputs of :func:`minimal_render`: cameras on the +z axis looking at the box, rays hitting it."""
+    # seeded on the CPU; elsewhere (e.g. fake CUDA tensors for memory accounting) the values do not matter
+    g = torch.Generator().manual_seed(seed) if torch.device(device).type == "cpu" else None
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device=device) * scale
+
+    planes = (randn(B, 3, C, res, res + 3, scale=0.5)).requires_grad_(True)  # [B, 3, C, H, W]
+    weights = (randn(C, hidden, scale=C**-0.5).requires_grad_(True), randn(hidden, 1).requires_grad_(True),
+               randn(hidden, 4, scale=hidden**-0.5).requires_grad_(True))  # fmt: skip
+    origins = torch.tensor([0.0, 0.0, 2.7], device=device).expand(B, R, 3)
+    target = torch.rand(B, R, 3, generator=g, device=device) * 0.6 - 0.3
+    target = target * torch.tensor([1.0, 1.0, 0.0], device=device)
+    dirs = F.normalize(target - origins, dim=-1)  # [B, R, 3]
+    jitter = torch.rand(B, R, S, 1, generator=g, device=device) * 0.02
+    depths = (torch.linspace(2.25, 3.3, S, device=device).view(1, 1, S, 1) + jitter).sort(dim=2).values
+    return planes, weights, origins, dirs, depths
+
+
+OPS = {
+    "triplane_sample": triplane_sample,
+    "composite_rays": composite_rays,
+    "pixel_shuffle_lowpass": pixel_shuffle_lowpass,
+    "eadaln": eadaln,
+}
+
+
+def saved_bytes(op: str, impl: str) -> tuple[int, list[torch.Tensor], tuple]:
+    """(bytes saved, saved tensors, inputs) of one forward of ``op`` with ``impl`` on fake CUDA tensors.
+
+    ``op="render"`` measures the whole :func:`minimal_render` at the paper preset's sizes.
+    """
+    with FakeTensorMode():
+        if op == "render":
+            inputs = render_scene(device="cuda")
+            total, saved, _ = saved_tensor_bytes(minimal_render, *inputs, impl=impl)
+        else:
+            inputs = case_inputs(op)
+            total, saved, _ = saved_tensor_bytes(OPS[op], *inputs, impl=impl)
+    return total, saved, inputs
+
+
+def table() -> str:
+    """Markdown table of saved bytes per op (and the whole minimal render), reference vs triton."""
+    lines = ["| op (paper-preset size) | reference saves | triton saves | ratio |", "|---|---|---|---|"]
+    for op in [*OPS, "render"]:
+        ref, tri = saved_bytes(op, "reference")[0], saved_bytes(op, "triton")[0]
+        ratio = f"{ref / tri:.1f}x" if tri >= 2**10 else "-"
+        lines.append(f"| {op} | {_size(ref)} | {_size(tri)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n} B"
+
+
+if __name__ == "__main__":
+    print(table())

@@ -1,0 +1,1 @@
+"""Benchmarks run from the repository root: ``pytest benchmarks/ --benchmark-only``."""
