@@ -192,7 +192,7 @@ class Export3D(nn.Module):
         _check_tensor("source", source, (None, 3, H, H), where, f" (preset {self.config.name!r}: image_size={H})")
 
     def _render(self, triplane: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
-        out = self.renderer(triplane, camera.to(triplane.dtype))
+        out = self.renderer(triplane, camera)
         image = self.superres(out.image_raw, out.features)  # [B, 3, H, W]
         return Export3DOutput(image, out.image_raw, out.depth, triplane, out.features)
 

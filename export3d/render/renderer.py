@@ -57,7 +57,9 @@ class VolumeRenderer(nn.Module):
     """``forward(triplane [B, 3, C, P, P], camera [B, 25]) -> RenderOutput`` at ``image_size / 4`` rays per side.
 
     Training mode jitters the stratified depths and draws the importance samples at random; eval mode
-    uses the fixed grid and ``u = linspace(0, 1)``, so evaluation is deterministic.
+    uses the fixed grid and ``u = linspace(0, 1)``, so evaluation is deterministic. Rays, plane sampling
+    and compositing run in fp32 whatever the tri-plane dtype (only the decoder MLP follows autocast);
+    the outputs are fp32.
     """
 
     def __init__(self, config: ModelConfig, kernel_impl: str = "auto"):
@@ -80,18 +82,19 @@ class VolumeRenderer(nn.Module):
         B, R, S, _ = depths.shape
         points = origins[:, :, None] + depths * directions[:, :, None]  # [B, R, S, 3]
         feats = triplane_sample(planes, points.reshape(B, R * S, 3), self.axes, self.box_warp, impl=self.kernel_impl)
-        color, density = self.decoder(feats)  # [B, R*S, Cf], [B, R*S, 1]
-        return color.reshape(B, R, S, -1), density.reshape(B, R, S, 1)
+        color, density = self.decoder(feats)  # [B, R*S, Cf], [B, R*S, 1] (lower precision under autocast)
+        return color.float().reshape(B, R, S, -1), density.float().reshape(B, R, S, 1)
 
     def _composite(self, colors, densities, depths):
         return composite_rays(colors, densities, depths, self.density_bias, self.white_back, impl=self.kernel_impl)
 
     def forward(self, planes: torch.Tensor, camera: torch.Tensor) -> RenderOutput:
         B, res = planes.shape[0], self.resolution
-        origins, directions = camera_rays(camera.to(planes.dtype), res)  # [B, R, 3] each, R = res^2
+        planes = planes.float()  # geometry, sampling and compositing run in fp32, also under autocast
+        origins, directions = camera_rays(camera.float(), res)  # [B, R, 3] each, R = res^2
         R = origins.shape[1]
         coarse = stratified_depths(B, R, self.n_coarse, self.ray_start, self.ray_end, jitter=self.training,
-                                   device=planes.device, dtype=planes.dtype)  # [B, R, Sc, 1]  # fmt: skip
+                                   device=planes.device)  # [B, R, Sc, 1]  # fmt: skip
         colors_c, densities_c = self._query(planes, origins, directions, coarse)
         _, _, weights_c = self._composite(colors_c, densities_c, coarse)  # [B, R, Sc-1, 1]
         fine = importance_depths(coarse, weights_c, self.n_fine, deterministic=not self.training)  # [B, R, Sf, 1]

@@ -136,6 +136,26 @@ def test_fast_with_triton_kernels_under_the_interpreter_equals_reference():
         torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-4, rtol=1e-3, msg=n)
 
 
+def test_bf16_autocast_forward_and_backward():
+    model = small_model()
+    perturb_modulation(model)
+    model.eval()
+    src, beta, cam = inputs(model, batch=2)
+    with torch.no_grad():
+        ref = model(src, beta, cam)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(src, beta, cam)
+    assert low.image_raw.dtype == torch.float32 and low.depth_raw.dtype == torch.float32  # fp32 rendering
+    for name, tol in (("image", 0.05), ("image_raw", 0.01), ("depth_raw", 0.02)):
+        err = (getattr(low, name).float() - getattr(ref, name)).abs().max().item()
+        assert err < tol, f"{name}: bf16 autocast differs by {err}"
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(src, beta, cam)
+    (out.image.float().mean() + out.image_raw.mean()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_torch_compile_matches_eager():
     model = small_model(render={"n_coarse": 4, "n_fine": 4})
     perturb_modulation(model)
