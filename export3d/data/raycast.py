@@ -75,15 +75,16 @@ def _bound(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return (-b - root).clamp_min(0), -b + root, disc > 0
 
 
-def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _trace(org, dirs, coarse_dirs, table, pixel, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Find the first surface hit of every ray. org # [B, 3] head-local camera centres, dirs # [B, R, R, 3],
     coarse_dirs # [B, R/block, R/block, 3] (rays through the centres of block x block pixel tiles) or None,
-    table # [P, B], eps # [B] -> depth # [B*R*R] and hit mask # [B*R*R].
+    table # [P, B], pixel # [B] (a pixel's angular size) -> depth # [B*R*R] and hit mask # [B*R*R].
 
     A cone pass over the tiles first finds, per tile, a depth every ray of the tile can safely start
     from (and tiles whose cone misses the head entirely); the per-pixel pass then starts there.
     """
     bsz, res = dirs.shape[0], dirs.shape[1]
+    eps = HIT_TOLERANCE * pixel  # [B]
     frame = torch.arange(bsz).repeat_interleave(res * res)  # [B*R*R]
     o, d = org[frame], dirs.reshape(-1, 3)
     t0, t1, meets = _bound(o, d)
@@ -92,7 +93,7 @@ def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor
         cframe = torch.arange(bsz).repeat_interleave(nc * nc)
         co, cd = org[cframe], coarse_dirs.reshape(-1, 3)
         dist_c = torch.sqrt(dot3(co, co))
-        cone = (1.5 * block) * eps[cframe]  # >= the angle from a tile's centre ray to its corner pixels' rays
+        cone = (0.75 * block) * pixel[cframe]  # > the angle from a tile's centre ray to its corner pixels' rays
         start, end = (dist_c - BOUND_RADIUS).clamp_min(0), dist_c + BOUND_RADIUS
         tc, state_c = _march(co, cd, table.index_select(1, cframe), start, end, eps[cframe], cone, CONE_STEPS)
         tile = (torch.arange(res) // block)[:, None] * nc + (torch.arange(res) // block)[None, :]  # [R, R]
@@ -111,7 +112,7 @@ def _trace(org, dirs, coarse_dirs, table, eps, block: int) -> tuple[torch.Tensor
             u = unfinished
             dist = head_sdf(o[u, 0] + t[u] * d[u, 0], o[u, 1] + t[u] * d[u, 1], o[u, 2] + t[u] * d[u, 2],
                             _rows(tab.index_select(1, u)))
-            state[u] = (dist.abs() < (0.5 / HIT_TOLERANCE) * eps[fr[u]] * t[u]).to(torch.int8)
+            state[u] = (dist.abs() < 0.5 * pixel[fr[u]] * t[u]).to(torch.int8)
         keep = torch.nonzero(state == 1).squeeze(1)
         idx, t, o, d, tab = idx[keep], t[keep], o[keep], d[keep], tab.index_select(1, keep)
         for _ in range(REFINE_STEPS):  # polish the hit so it hardly depends on the path the march took
@@ -172,15 +173,15 @@ def render_heads(appearance: torch.Tensor, expression: torch.Tensor, camera: tor
     size = geo["size"]  # [B]
     origins, dirs = camera_rays(camera, res)  # [B, 3], [B, N, 3]
     org = (origins - torch.tensor(HEAD_CENTRE)) / size[:, None]  # [B, 3] head-local camera centres
-    eps = HIT_TOLERANCE / (camera[:, 16].to(torch.float32) * res)  # [B] hit tolerance (radians)
+    pixel = 1.0 / (camera[:, 16].to(torch.float32) * res)  # [B] angular size of a pixel (radians, at most)
     block = CONE_BLOCK if res % CONE_BLOCK == 0 and res >= 4 * CONE_BLOCK else 1
     coarse = camera_rays(camera, res // block)[1].reshape(bsz, res // block, res // block, 3) if block > 1 else None
-    t, hit = _trace(org, dirs.reshape(bsz, res, res, 3), coarse, table, eps, block)
+    t, hit = _trace(org, dirs.reshape(bsz, res, res, 3), coarse, table, pixel, block)
     n = res * res
     frame = torch.arange(bsz).repeat_interleave(n)  # [B*N] frame index of each ray
     org = org[frame]
     flat_dirs = dirs.reshape(-1, 3)
-    pix = (0.5 / (camera[:, 16].to(torch.float32) * res))[frame]  # [B*N] half a pixel's angular size
+    pix = 0.5 * pixel[frame]  # [B*N] half a pixel's angular size
 
     # Background: the identity's colour with a soft vertical gradient (top lighter).
     v = (torch.arange(res, dtype=torch.float32) + 0.5) / res
