@@ -1,0 +1,106 @@
+"""Training configuration: a frozen dataclass and ``TRAIN_PRESETS`` (``paper``, ``tiny``).
+
+The paper's recipe (DESIGN.md section 6, paper Sec. 3.4 and supp. 6.4): CLeBS pre-training 60k steps
+(Adam 1e-4, 1 positive + 32 negatives, tau 0.07), reconstruction 300k steps (Adam 1e-4, batch 8),
+then 10k steps with ``0.01 * L_adv`` (discriminator Adam 1e-5, R1). The ``tiny`` preset keeps the
+recipe's structure but shrinks everything so that the whole run takes minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from export3d.config import IMPLS, PRESETS
+
+STAGES = ("clebs", "reconstruction", "adversarial")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "tiny"  # model preset (export3d.config.PRESETS)
+    data: str = "synthetic"  # "synthetic" or a folder in the on-disk clip format
+    out: str = "runs/tiny"  # output folder (config.json, checkpoints/, samples/, logs, metrics.json)
+    # stage lengths, in optimiser steps
+    clebs_steps: int = 200  # stage 0 (paper: 60k)
+    rec_steps: int = 300  # stage 1 (paper: 300k)
+    adv_steps: int = 40  # stage 2 (paper: 10k)
+    # batches (per process: with torchrun the global batch is batch_size * world size)
+    batch_size: int = 8  # reconstruction / adversarial pairs per step (paper: 8)
+    clebs_clips: int = 4  # clips per CLeBS step
+    clebs_negatives: int = 8  # K negatives per anchor, from the same clip (paper: 32)
+    # optimisers
+    lr: float = 1e-4  # generator Adam (paper: 1e-4)
+    clebs_lr: float = 1e-4  # CLeBS Adam (paper: 1e-4)
+    d_lr: float = 1e-5  # discriminator Adam (paper: 1e-5)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas (paper: not stated; PyTorch's default)
+    adv_weight: float = 0.01  # weight of L_adv in stage 2 (paper: 0.01)
+    lpips_weight: float = 1.0  # weight of each LPIPS term in L_rec (paper: 1)
+    r1_gamma: float = 1.0  # R1 penalty weight (EG3D FFHQ uses 1)
+    r1_every: int = 16  # lazy R1: applied every N discriminator steps, scaled by N (StyleGAN2)
+    # synthetic data size (ignored for folders)
+    train_identities: int = 48
+    test_identities: int = 16
+    clips_per_identity: int = 2
+    frames_per_clip: int = 24
+    # evaluation at the end of training
+    eval_pairs: int = 64  # same-identity pairs and cross-identity triples from the test identities
+    # run
+    device: str | None = None  # None: CUDA when available, else CPU
+    impl: str = "fast"  # model impl: "reference" | "fast"
+    compile: bool = False  # torch.compile the model body
+    amp: bool = False  # bf16 autocast (CUDA only)
+    seed: int = 0
+    resume: str | None = None  # a run folder (or checkpoint) to continue from
+    vgg_weights: str | None = None  # torchvision VGG16 weights for LPIPS (else the torch hub cache, else random)
+    workers: int = 0  # DataLoader worker processes
+    log_every: int = 10
+    sample_every: int = 100
+    ckpt_every: int = 100
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume checks on CPU)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.preset in PRESETS, f"--preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"),
+            (self.impl in IMPLS, f"--impl must be one of {IMPLS}, got {self.impl!r}"),
+            (min(self.clebs_steps, self.rec_steps, self.adv_steps) >= 0, "step counts must be >= 0"),
+            (self.batch_size >= 1 and self.clebs_clips >= 1, "--batch-size and --clebs-clips must be >= 1"),
+            (self.clebs_negatives >= 1, "--clebs-negatives must be >= 1"),
+            (self.frames_per_clip > self.clebs_negatives,
+             f"frames_per_clip ({self.frames_per_clip}) must exceed clebs_negatives ({self.clebs_negatives})"),
+            (min(self.lr, self.clebs_lr, self.d_lr) > 0, "learning rates must be > 0"),
+            (min(self.log_every, self.sample_every, self.ckpt_every, self.r1_every) >= 1, "intervals must be >= 1"),
+            (self.eval_pairs >= 0 and self.workers >= 0, "--eval-pairs and --workers must be >= 0"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def steps(self, stage: str) -> int:
+        return {"clebs": self.clebs_steps, "reconstruction": self.rec_steps, "adversarial": self.adv_steps}[stage]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(),
+    "paper": TrainConfig(
+        preset="paper",
+        out="runs/paper",
+        clebs_steps=60_000,
+        rec_steps=300_000,
+        adv_steps=10_000,
+        clebs_clips=8,
+        clebs_negatives=32,
+        train_identities=2000,
+        test_identities=50,
+        clips_per_identity=3,
+        frames_per_clip=100,
+        eval_pairs=500,
+        log_every=50,
+        sample_every=2000,
+        ckpt_every=5000,
+        workers=4,
+    ),
+}
