@@ -114,7 +114,6 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None) -> tuple[nn.Module
             _warned_fallback = True
             msg = (f"WARNING: {info.describe()}. LPIPS values are NOT comparable to published numbers; "
                    "pass --vgg-weights PATH to use the real network.")  # fmt: skip
-            warnings.warn(msg, stacklevel=2)
             print(msg, file=sys.stderr, flush=True)
     model.eval().requires_grad_(False)
     return model, info

@@ -74,8 +74,11 @@ class BatchStream:
         while True:
             self.dataset.set_epoch(epoch)
             batches = self._epoch_batches(epoch)[done:]
+            # Its own generator: creating a DataLoader iterator must not draw from the global RNG, or a resumed
+            # run (which creates one more iterator) would diverge from an uninterrupted one.
+            g = torch.Generator().manual_seed(stream_seed(self.seed, 78, epoch))
             loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                                collate_fn=default_collate)  # fmt: skip
+                                collate_fn=default_collate, generator=g)  # fmt: skip
             for batch in loader:
                 done += 1
                 self.position = (epoch, done)
@@ -94,7 +97,12 @@ def build_sources(cfg: TrainConfig, resolution: int):
         syn = SyntheticConfig(seed=cfg.seed, resolution=resolution, train_identities=cfg.train_identities,
                               test_identities=cfg.test_identities, clips_per_identity=cfg.clips_per_identity,
                               frames_per_clip=cfg.frames_per_clip)  # fmt: skip
-        return CachedSource(SyntheticClips(syn, "train")), SyntheticClips(syn, "test")
+        train = SyntheticClips(syn, "train")
+        if cfg.cache_frames > 0:
+            train = CachedSource(train, max_frames=cfg.cache_frames)
+            if sum(c.frames for c in train.clips) <= cfg.cache_frames:
+                train.warm()  # every training frame is ray-cast once, up front, then served from memory
+        return train, SyntheticClips(syn, "test")
     folder = Path(cfg.data)
     if not folder.is_dir():
         raise FileNotFoundError(f"--data: {folder} is not a folder (expected 'synthetic' or a clip-format folder)")
@@ -137,10 +145,23 @@ def restore_rng(states: list[dict], dist: DistInfo) -> None:
 
 
 def wrap(module: nn.Module, dist: DistInfo) -> nn.Module:
+    """DDP for multi-process runs. Buffers are not broadcast: :func:`average_buffers` keeps them equal."""
     if not dist.distributed:
         return module
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module, dist: DistInfo) -> None:
+    """Average floating-point buffers over ranks after a step. For the tri-plane EMA this is exact: every
+    rank starts from the same EMA, so the mean of the updated EMAs is the EMA of the global batch mean."""
+    if not dist.distributed:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            torch.distributed.all_reduce(buf)  # SUM (gloo has no AVG)
+            buf.div_(dist.world_size)
 
 
 @torch.no_grad()
@@ -263,6 +284,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                 else:
                     logs = train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg,
                                                 state["stage_step"], autocast)  # fmt: skip
+                    average_buffers(model, dist)
                     images = batch["source"].shape[0]
                 state["stage_step"] += 1
                 state["step"] += 1
@@ -282,7 +304,16 @@ def main(cfg: TrainConfig) -> TrainResult:
                     logger.image(state["step"], f"{stage}/samples", grid)
                 if state["stage_step"] % cfg.ckpt_every == 0:
                     checkpoint()
+                if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
+                    break
             progress.close()
+            if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
+                checkpoint()
+                if dist.is_main:
+                    print(f"stopped after step {state['step']} (--stop-after); continue with --resume {out}")
+                logger.close()
+                shutdown(dist)
+                return TrainResult(out, None, model, disc)
             if stage == "clebs":  # f_e is kept and frozen; f_I is discarded (paper Sec. 3.1)
                 model.lebs.load_state_dict(clebs.lebs.state_dict())
                 model.freeze_expression_encoder()
@@ -359,7 +390,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
              "adv_weight": float, "device": str, "impl": str, "seed": int, "resume": str, "vgg_weights": str,
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
-             "frames_per_clip": int}  # fmt: skip
+             "frames_per_clip": int, "stop_after": int, "cache_frames": int}  # fmt: skip
     for name, kind in flags.items():
         assert name in fields, name
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"(default: preset's {name})")

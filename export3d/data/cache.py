@@ -28,6 +28,25 @@ class CachedSource:
         self._frames: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.hits = self.misses = 0
 
+    def warm(self, batch_frames: int = 64, progress: bool = True) -> None:
+        """Load every frame of every clip once (in batches of ``batch_frames``), with a progress bar."""
+        todo = [(c, f) for c, clip in enumerate(self.clips) for f in range(clip.frames) if (c, f) not in self._frames]
+        todo = todo[: max(0, self.max_frames - len(self._frames))]
+        bar = None
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc="caching frames", unit="frame", mininterval=2.0)
+        for i in range(0, len(todo), batch_frames):
+            chunk: dict[int, list[int]] = {}
+            for c, f in todo[i : i + batch_frames]:
+                chunk.setdefault(c, []).append(f)
+            self.load(list(chunk.items()))
+            if bar is not None:
+                bar.update(min(batch_frames, len(todo) - i))
+        if bar is not None:
+            bar.close()
+
     def __getattr__(self, name: str):  # e.g. ``heads`` / ``config`` of a SyntheticClips source
         if name == "source":
             raise AttributeError(name)
