@@ -206,6 +206,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out)
     prepare_output(cfg, out, dist)
     torch.manual_seed(cfg.seed * 1000 + dist.rank)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
 
@@ -390,7 +392,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
              "adv_weight": float, "device": str, "impl": str, "seed": int, "resume": str, "vgg_weights": str,
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
-             "frames_per_clip": int, "stop_after": int, "cache_frames": int}  # fmt: skip
+             "frames_per_clip": int, "stop_after": int, "cache_frames": int,
+             "threads": int}  # fmt: skip
     for name, kind in flags.items():
         assert name in fields, name
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"(default: preset's {name})")

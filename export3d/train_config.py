@@ -55,6 +55,7 @@ class TrainConfig:
     resume: str | None = None  # a run folder (or checkpoint) to continue from
     vgg_weights: str | None = None  # torchvision VGG16 weights for LPIPS (else the torch hub cache, else random)
     workers: int = 0  # DataLoader worker processes
+    threads: int | None = None  # torch intra-op threads (None: PyTorch's default, one per core)
     log_every: int = 10
     sample_every: int = 100
     ckpt_every: int = 100
