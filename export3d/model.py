@@ -111,6 +111,12 @@ class Export3D(nn.Module):
         self.superres = SuperResolution(config)
         self._compiled = None  # lazily built torch.compile of _body
 
+    def __getstate__(self) -> dict:
+        """Drop the compiled callable, so ``copy.deepcopy`` (e.g. a weight-EMA copy) and pickling work."""
+        state = dict(self.__dict__)
+        state["_compiled"] = None
+        return state
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> Export3D:
         """``Export3D.from_preset("tiny", impl="reference", image_size=32, render={"n_fine": 8})``."""

@@ -1,5 +1,6 @@
 """Export3D end to end: shapes, gradients, impl switches, torch.compile, input validation."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -169,6 +170,8 @@ def test_torch_compile_matches_eager():
         compiled = compiled_model(src, beta, cam)
     for name in ("image", "image_raw", "depth_raw", "triplane"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), atol=1e-4, rtol=1e-4, msg=name)
+    twin = copy.deepcopy(compiled_model)  # a weight-EMA copy of a compiled model must be possible
+    assert twin._compiled is None and compiled_model._compiled is not None
 
 
 @pytest.mark.parametrize(
