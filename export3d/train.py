@@ -96,7 +96,7 @@ def build_sources(cfg: TrainConfig, resolution: int):
     if cfg.data == "synthetic":
         syn = SyntheticConfig(seed=cfg.seed, resolution=resolution, train_identities=cfg.train_identities,
                               test_identities=cfg.test_identities, clips_per_identity=cfg.clips_per_identity,
-                              frames_per_clip=cfg.frames_per_clip)  # fmt: skip
+                              frames_per_clip=cfg.frames_per_clip, fps=cfg.fps)  # fmt: skip
         train = SyntheticClips(syn, "train")
         if cfg.cache_frames > 0:
             train = CachedSource(train, max_frames=cfg.cache_frames)
@@ -393,7 +393,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
              "frames_per_clip": int, "stop_after": int, "cache_frames": int,
-             "threads": int}  # fmt: skip
+             "threads": int, "fps": float}  # fmt: skip
     for name, kind in flags.items():
         assert name in fields, name
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"(default: preset's {name})")

@@ -43,6 +43,7 @@ class TrainConfig:
     test_identities: int = 16
     clips_per_identity: int = 2
     frames_per_clip: int = 16
+    fps: float = 5.0  # synthetic clip frame rate: 16 frames span 3.2 s of motion (at 25 fps, 0.64 s barely moves)
     cache_frames: int = 4096  # keep up to this many rendered training frames in memory (0: render every time)
     # evaluation at the end of training
     eval_pairs: int = 64  # same-identity pairs and cross-identity triples from the test identities
