@@ -19,7 +19,8 @@ def test_aot_compiles_every_kernel_without_spills(tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) == len(all_specs()) * len(ARCHS)
     kernels = {spec.kernel.__name__ for spec in all_specs()}
-    assert {"_eadaln_fwd_kernel", "_eadaln_bwd_kernel"} <= kernels
+    for stem in ("_eadaln", "_triplane_sample", "_composite", "_psl"):  # every fused op, forward and backward
+        assert {f"{stem}_fwd_kernel", f"{stem}_bwd_kernel"} <= kernels, stem
     for name in kernels:
         archs = {r["arch"] for r in rows if r["kernel"] == name}
         assert archs == {f"sm_{a}" for a in ARCHS}, name
