@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IMPLS = ("reference", "fast")  # the whole-model switch of DESIGN.md section 5
+EXPRESSION_ENCODERS = ("lebs", "direct")  # f_e = LeBS (paper) | "direct": beta itself conditions G (Table 3 ablation)
 KERNEL_IMPLS = ("auto", "triton", "reference")  # export3d.kernels dispatch, see kernels/utils.py
 
 
@@ -113,6 +114,8 @@ class ModelConfig:
     impl: str = "fast"  # "reference": plain PyTorch everywhere (the oracle); "fast": fused ops + xformers
     kernel_impl: str | None = None  # force every fused op to "auto" | "triton" | "reference"; None follows impl
     compile: bool = False  # run forward through torch.compile
+    # "lebs": beta' = f_e(beta) (paper); "direct": the 64-d beta itself is the EAdaLN condition ("Direct 3DMM")
+    expression_encoder: str = "lebs"
 
     def __post_init__(self) -> None:
         g, r, lebs = self.generator, self.render, self.lebs
@@ -121,6 +124,8 @@ class ModelConfig:
             (self.impl in IMPLS, f"impl must be one of {IMPLS}, got {self.impl!r}"),
             (self.kernel_impl is None or self.kernel_impl in KERNEL_IMPLS,
              f"kernel_impl must be None or one of {KERNEL_IMPLS}, got {self.kernel_impl!r}"),
+            (self.expression_encoder in EXPRESSION_ENCODERS,
+             f"expression_encoder must be one of {EXPRESSION_ENCODERS}, got {self.expression_encoder!r}"),
             (H >= 16 and H % 16 == 0, f"image_size must be a positive multiple of 16, got {H}"),
             (len(g.stem_channels) == 3, f"generator.stem_channels needs 3 stages (-> H/8), got {g.stem_channels}"),
             (g.hidden % 4 == 0 and g.stem_channels[-1] == g.hidden // 4,
@@ -161,6 +166,11 @@ class ModelConfig:
     @property
     def expression_dim(self) -> int:
         return self.lebs.expression_dim
+
+    @property
+    def code_dim(self) -> int:
+        """Width of the generator's condition: d (beta' from LeBS), or 64 for ``expression_encoder="direct"``."""
+        return self.lebs.dim if self.expression_encoder == "lebs" else self.lebs.expression_dim
 
 
 PAPER = ModelConfig()

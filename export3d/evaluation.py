@@ -9,7 +9,9 @@ copy-the-source baseline (the source image itself as the prediction).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -57,13 +59,20 @@ def cross_identity_batches(source, pairs: int, batch_size: int, seed: int = 0) -
 
 
 @torch.no_grad()
-def score(model: nn.Module, batches: list[EvalBatch], lpips_model: nn.Module, device: torch.device) -> dict:
-    """Mean PSNR / SSIM / LPIPS of the model and of copy-the-source over ``batches``."""
+def score(model: nn.Module, batches: list[EvalBatch], lpips_model: nn.Module, device: torch.device,
+          on_batch: Callable[[EvalBatch, dict[str, torch.Tensor]], None] | None = None) -> dict:  # fmt: skip
+    """Mean PSNR / SSIM / LPIPS of the model and of copy-the-source over ``batches``.
+
+    ``on_batch(batch, {"model": prediction, "copy_source": source})`` (images ``[B, 3, H, W]`` on ``device``)
+    sees every batch, e.g. to run face-model extractors on the same predictions.
+    """
     sums = {name: {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0} for name in ("model", "copy_source")}
     n = 0
     for b in batches:
         src, tgt = b.source.to(device), b.target.to(device)
         pred = model(src, b.beta.to(device), b.camera.to(device)).image.float().clamp(-1, 1)
+        if on_batch is not None:
+            on_batch(b, {"model": pred, "copy_source": src})
         for name, image in (("model", pred), ("copy_source", src)):
             sums[name]["psnr"] += psnr(image, tgt).sum().item()
             sums[name]["ssim"] += ssim(image, tgt).sum().item()
@@ -73,15 +82,19 @@ def score(model: nn.Module, batches: list[EvalBatch], lpips_model: nn.Module, de
 
 
 def evaluate(model: nn.Module, source, lpips_model: nn.Module, device: torch.device, pairs: int = 64,
-             batch_size: int = 8, seed: int = 0) -> dict:  # fmt: skip
-    """Same- and (where ground truth exists) cross-identity metrics on ``source`` (a test split)."""
+             batch_size: int = 8, seed: int = 0, on_batch: Callable[..., None] | None = None) -> dict:  # fmt: skip
+    """Same- and (where ground truth exists) cross-identity metrics on ``source`` (a test split).
+
+    ``on_batch(setting, batch, predictions)``, if given, is called for every batch of both settings.
+    """
+    hook = (lambda setting: None if on_batch is None else partial(on_batch, setting))  # noqa: E731
     was_training = model.training
     model.eval()
     try:
         result = {"same_identity": score(model, same_identity_batches(source, pairs, batch_size, seed), lpips_model,
-                                         device)}  # fmt: skip
+                                         device, hook("same_identity"))}  # fmt: skip
         cross = cross_identity_batches(source, pairs, batch_size, seed)
-        result["cross_identity"] = score(model, cross, lpips_model, device) if cross else None
+        result["cross_identity"] = score(model, cross, lpips_model, device, hook("cross_identity")) if cross else None
     finally:
         model.train(was_training)
     return result

@@ -41,7 +41,8 @@ from export3d.layers import EAdaLN
 class TriplaneGenerator(nn.Module):
     """``forward(source [B, 3, H, W], code [B, d]) -> tri-plane [B, 3, C, H/2, W/2]``.
 
-    ``code`` is beta' = f_e(beta) from :class:`export3d.clebs.LeBS`.
+    ``code`` is beta' = f_e(beta) from :class:`export3d.clebs.LeBS` ``[B, d]``, or beta itself ``[B, 64]`` when
+    ``config.expression_encoder == "direct"`` (the "Direct 3DMM" ablation of paper Table 3).
 
     Tri-plane EMA (buffer ``triplane_ema [3, C, H/2, W/2]``, zeros at start): the output is
     ``T_raw + T_ema`` with the EMA *before* this step's update; a forward in training mode with
@@ -53,7 +54,7 @@ class TriplaneGenerator(nn.Module):
     def __init__(self, config: ModelConfig, kernel_impl: str = "auto", attention_backend: str = "auto"):
         super().__init__()
         g, C, P = config.generator, config.generator.plane_channels, config.plane_resolution
-        self.plane_channels, self.plane_resolution, self.code_dim = C, P, config.lebs.dim
+        self.plane_channels, self.plane_resolution, self.code_dim = C, P, config.code_dim
         self.ema_decay = g.ema_decay
         self.kernel_impl = kernel_impl  # impl of pixel_shuffle_lowpass (EAdaLN modules hold their own)
         vit = {"heads": g.heads, "mlp_ratio": g.mlp_ratio, "kernel_impl": kernel_impl,
@@ -68,7 +69,7 @@ class TriplaneGenerator(nn.Module):
         self.stem = nn.Sequential(*[DownStage(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
         self.patch_merge = OverlapPatchMerge(g.stem_channels[-1], g.hidden)
         self.low_blocks = nn.ModuleList(
-            [ViTBlock(g.hidden, sr_ratio=g.low_sr_ratio, cond_dim=config.lebs.dim, **vit) for _ in range(g.low_blocks)]
+            [ViTBlock(g.hidden, sr_ratio=g.low_sr_ratio, cond_dim=config.code_dim, **vit) for _ in range(g.low_blocks)]
         )
         self.low_norm = nn.LayerNorm(g.hidden, eps=1e-6)
         self.up1 = ConvBlock(g.hidden // 4, g.up_channels[0])

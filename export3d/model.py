@@ -84,6 +84,29 @@ def _check_tensor(name: str, x: torch.Tensor, shape: tuple[int | None, ...], whe
     _check_finite(name, x, where)
 
 
+class DirectExpression(nn.Module):
+    """``expression_encoder="direct"`` (paper Table 3, "Direct 3DMM"): beta ``[B, 64]`` is the condition itself.
+
+    Stands where LeBS stands, with its training hooks (``initialize_weights``, ``freeze``, ``frozen``),
+    but it has no parameters and no basis: the EAdaLN modulation Linears are the only FC layers on beta.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = False
+
+    def initialize_weights(self) -> None:
+        pass
+
+    def freeze(self) -> DirectExpression:
+        self.frozen = True
+        return self
+
+    def forward(self, expression: torch.Tensor) -> torch.Tensor:
+        """beta ``[B, 64]`` -> ``[B, 64]`` unchanged."""
+        return expression
+
+
 @dataclass
 class Export3DOutput:
     image: torch.Tensor  # [B, 3, H, W] final image, image range [-1, 1]
@@ -105,7 +128,7 @@ class Export3D(nn.Module):
         super().__init__()
         self.config = config
         kernel_impl, attention_backend = resolve_impl(config.impl, config.kernel_impl)
-        self.lebs = LeBS(config.lebs)
+        self.lebs = LeBS(config.lebs) if config.expression_encoder == "lebs" else DirectExpression()
         self.generator = TriplaneGenerator(config, kernel_impl, attention_backend)
         self.renderer = VolumeRenderer(config, kernel_impl)
         self.superres = SuperResolution(config)
@@ -153,15 +176,16 @@ class Export3D(nn.Module):
 
     # public steps ------------------------------------------------------------------------------
     def encode_expression(self, expression: torch.Tensor) -> torch.Tensor:
-        """beta ``[B, 64]`` -> beta' ``[B, d]`` (appearance-free expression code)."""
+        """beta ``[B, 64]`` -> beta' ``[B, d]`` (appearance-free expression code); beta itself for "direct"."""
         _check_tensor("expression", expression, (None, self.config.expression_dim), "Export3D.encode_expression")
         return self.lebs(expression)
 
     def generate_triplane(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """source ``[B, 3, H, W]`` in [-1, 1], code = beta' ``[B, d]`` -> tri-plane ``[B, 3, C, H/2, W/2]``."""
         self._check_source(source, "Export3D.generate_triplane")
-        _check_tensor("code", code, (source.shape[0], self.config.lebs.dim), "Export3D.generate_triplane",
-                      " (beta' from encode_expression, not the 64-d beta)")  # fmt: skip
+        hint = " (beta' from encode_expression, not the 64-d beta)" if self.config.expression_encoder == "lebs" \
+            else " (the 64-d beta: expression_encoder='direct')"  # fmt: skip
+        _check_tensor("code", code, (source.shape[0], self.config.code_dim), "Export3D.generate_triplane", hint)
         return self.generator(source, code)
 
     def render(self, triplane: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:

@@ -212,7 +212,8 @@ def main(cfg: TrainConfig) -> TrainResult:
         torch.use_deterministic_algorithms(True)
 
     # data, model, losses, optimisers
-    model_cfg = preset(cfg.preset, impl=cfg.impl, compile=cfg.compile)
+    model_cfg = preset(cfg.preset, impl=cfg.impl, compile=cfg.compile,
+                       expression_encoder="direct" if cfg.expression_encoder == "direct" else "lebs")  # fmt: skip
     train_src, test_src = build_sources(cfg, model_cfg.image_size)
     pairs = ReconstructionPairs(train_src, seed=cfg.seed)
     groups = ContrastiveGroups(train_src, k=cfg.clebs_negatives, groups_per_clip=8, seed=cfg.seed)
@@ -223,7 +224,10 @@ def main(cfg: TrainConfig) -> TrainResult:
     lpips_model.to(device)
     adam = dict(betas=cfg.betas)
     opt_c = torch.optim.Adam(clebs.parameters(), lr=cfg.clebs_lr, **adam)
-    opt_g = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("lebs.")], lr=cfg.lr, **adam)
+    # f_e joins the generator optimiser only when it is trained end to end ("lebs"; "direct" has no parameters)
+    trained_fe = cfg.expression_encoder != "clebs"
+    opt_g = torch.optim.Adam([p for n, p in model.named_parameters() if trained_fe or not n.startswith("lebs.")],
+                             lr=cfg.lr, **adam)  # fmt: skip
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, **adam)
     modules = {"model": model, "clebs": clebs, "discriminator": disc}
     optimisers = {"clebs": opt_c, "generator": opt_g, "discriminator": opt_d}
@@ -234,6 +238,10 @@ def main(cfg: TrainConfig) -> TrainResult:
         saved_preset = saved.get("config", {}).get("preset")
         if saved_preset != cfg.preset:
             raise CheckpointError(f"--resume: {folder} was trained with preset {saved_preset!r}, not {cfg.preset!r}")
+        saved_encoder = saved.get("config", {}).get("expression_encoder", "clebs")
+        if saved_encoder != cfg.expression_encoder:
+            raise CheckpointError(f"--resume: {folder} was trained with --expression-encoder {saved_encoder}, "
+                                  f"not {cfg.expression_encoder}")  # fmt: skip
         for name, module in modules.items():
             module.load_state_dict(weights[name])
         for name, opt in optimisers.items():
@@ -242,7 +250,7 @@ def main(cfg: TrainConfig) -> TrainResult:
         restore_rng(saved["rng"], dist)
         if dist.is_main:
             print(f"resumed from {folder} at step {state['step']} ({state['stage']} step {state['stage_step']})")
-    if STAGES.index(state["stage"]) > 0:
+    if STAGES.index(state["stage"]) > 0 and cfg.expression_encoder == "clebs":
         model.freeze_expression_encoder()
 
     logger = RunLogger(out, enabled=dist.is_main)
@@ -316,7 +324,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                 logger.close()
                 shutdown(dist)
                 return TrainResult(out, None, model, disc)
-            if stage == "clebs":  # f_e is kept and frozen; f_I is discarded (paper Sec. 3.1)
+            if stage == "clebs" and cfg.expression_encoder == "clebs":  # f_e kept and frozen, f_I discarded (Sec. 3.1)
                 model.lebs.load_state_dict(clebs.lebs.state_dict())
                 model.freeze_expression_encoder()
             checkpoint()
@@ -393,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
              "frames_per_clip": int, "stop_after": int, "cache_frames": int,
-             "threads": int, "fps": float}  # fmt: skip
+             "threads": int, "fps": float, "expression_encoder": str}  # fmt: skip
     for name, kind in flags.items():
         assert name in fields, name
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"(default: preset's {name})")

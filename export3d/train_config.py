@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from export3d.config import IMPLS, PRESETS
 
 STAGES = ("clebs", "reconstruction", "adversarial")
+# Expression encoding (paper Table 3): "clebs" = contrastively pre-trained, then frozen f_e (the paper's recipe);
+# "lebs" = f_e trained end to end with the generator (no CLeBS stage, never frozen); "direct" = beta itself
+# conditions the generator (ModelConfig.expression_encoder="direct", no CLeBS stage).
+EXPRESSION_ENCODERS = ("clebs", "lebs", "direct")
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,14 @@ class TrainConfig:
     ckpt_every: int = 100
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume checks on CPU)
     stop_after: int | None = None  # stop (with a checkpoint, before evaluation) once this many steps are done
+    expression_encoder: str = "clebs"  # "clebs" | "lebs" | "direct" (EXPRESSION_ENCODERS; Table 3 ablation)
 
     def __post_init__(self) -> None:
         checks = [
             (self.preset in PRESETS, f"--preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"),
             (self.impl in IMPLS, f"--impl must be one of {IMPLS}, got {self.impl!r}"),
+            (self.expression_encoder in EXPRESSION_ENCODERS,
+             f"--expression-encoder must be one of {EXPRESSION_ENCODERS}, got {self.expression_encoder!r}"),
             (min(self.clebs_steps, self.rec_steps, self.adv_steps) >= 0, "step counts must be >= 0"),
             (self.batch_size >= 1 and self.clebs_clips >= 1, "--batch-size and --clebs-clips must be >= 1"),
             (self.clebs_negatives >= 1, "--clebs-negatives must be >= 1"),
@@ -82,6 +89,8 @@ class TrainConfig:
                 raise ValueError(message)
 
     def steps(self, stage: str) -> int:
+        if stage == "clebs" and self.expression_encoder != "clebs":
+            return 0  # only the paper's recipe pre-trains f_e contrastively
         return {"clebs": self.clebs_steps, "reconstruction": self.rec_steps, "adversarial": self.adv_steps}[stage]
 
     def to_dict(self) -> dict:
