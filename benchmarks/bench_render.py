@@ -2,42 +2,44 @@
 
 Providers: ``reference`` (eager PyTorch), ``compiled`` (``torch.compile`` of the reference), and
 ``triton`` (the fused kernels; CUDA only). Sizes: the paper preset's (64 x 64 rays, 48 samples, C = 32,
-planes 3 x 32 x 128 x 128) and a tiny one. No timing is asserted.
+planes 3 x 32 x 128 x 128) and a tiny one. CPU runs use ``EXPORT3D_BENCH_THREADS`` threads (default 1,
+see ``benchmarks/common.py``). Memory is in ``extra_info``. No timing is asserted.
 """
 
 import pytest
 import torch
 
 from benchmarks.cases import minimal_render, render_scene
+from benchmarks.common import TRITON_SKIP, device, machine_info, measure_memory, sync, threads_for_benchmarks
 
 SIZES = {"paper": {"R": 64 * 64, "S": 48, "C": 32, "res": 128}, "tiny": {"R": 16 * 16, "S": 24, "C": 16, "res": 32}}
-
-
-def _device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("provider", ["reference", "compiled", "triton"])
 def test_render_forward_backward(benchmark, provider, size):
-    device = _device()
-    if provider == "triton" and device != "cuda":
-        pytest.skip("triton provider needs CUDA (the interpreter is a correctness tool, not a benchmark)")
+    dev = device()
+    if provider == "triton" and dev != "cuda":
+        pytest.skip(TRITON_SKIP)
     impl = "triton" if provider == "triton" else "reference"
     dims = SIZES[size]
-    planes, weights, origins, dirs, depths = render_scene(**dims, device=device)
-    fn = lambda *a: minimal_render(*a, impl=impl)  # noqa: E731 - a one-line closure reads best here
-    if provider == "compiled":
-        torch._dynamo.reset()
-        fn = torch.compile(fn)
+    with threads_for_benchmarks():
+        planes, weights, origins, dirs, depths = render_scene(**dims, device=dev)
+        fn = lambda *a: minimal_render(*a, impl=impl)  # noqa: E731 - a one-line closure reads best here
+        if provider == "compiled":
+            torch._dynamo.reset()
+            fn = torch.compile(fn)
 
-    def step():
-        rgb, depth = fn(planes, weights, origins, dirs, depths)
-        (rgb.square().sum() + depth.sum()).backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        def forward():
+            return fn(planes, weights, origins, dirs, depths)
 
-    step()  # warm-up (compiles)
-    benchmark.group = f"render fwd+bwd {size}"
-    benchmark.extra_info.update(dims, device=device, provider=provider)
-    benchmark.pedantic(step, rounds=5 if size == "paper" else 20, warmup_rounds=1)
+        def step():
+            rgb, depth = forward()
+            (rgb.square().sum() + depth.sum()).backward()
+            sync(dev)
+
+        step()  # warm-up (compiles)
+        benchmark.group = f"render fwd+bwd {size}"
+        benchmark.extra_info.update(dims, provider=provider, **machine_info())
+        benchmark.pedantic(step, rounds=5 if size == "paper" else 20, warmup_rounds=1)
+        benchmark.extra_info.update(measure_memory(step, dev, forward=forward))

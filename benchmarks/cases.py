@@ -77,6 +77,38 @@ def render_scene(B=1, C=CHANNELS, res=PLANE, R=RAYS, S=SAMPLES, hidden=64, seed=
     return planes, weights, origins, dirs, depths
 
 
+# Tiny preset (export3d.config.TINY, 64 px): 16 x 16 rays, 24 samples per pass, C = 16, planes 32 x 32,
+# token width h = 128 on a 4 x 4 grid, upper ViT width 128 on 16 x 16; its training batch is 8.
+TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, TINY_BATCH = 16 * 16, 24, 16, 32, 8
+SIZES = ("paper", "tiny")
+
+
+def sized_case_inputs(op: str, size: str = "paper", device: str = "cuda") -> tuple:
+    """Inputs (requiring grad) for ``op`` at the ``paper`` preset's sizes (batch 1, exactly
+    :func:`case_inputs`) or the ``tiny`` preset's sizes (batch 8, its training batch)."""
+    if size == "paper":
+        return case_inputs(op, device, batch=1)
+    if size != "tiny":
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    B, R, S, C, P = TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE
+    if op == "triplane_sample":
+        planes = torch.randn(B, 3, C, P, P, device=device, requires_grad=True)  # [B, 3, C, H, W]
+        coords = torch.rand(B, R * S, 3, device=device) - 0.5  # [B, N, 3]
+        return planes, coords
+    if op == "composite_rays":
+        colors = torch.rand(B, R, S, C, device=device, requires_grad=True)  # [B, R, S, C]
+        densities = torch.randn(B, R, S, 1, device=device, requires_grad=True)
+        depths = torch.linspace(2.25, 3.3, S, device=device).view(1, 1, S, 1).expand(B, R, -1, -1)
+        return colors, densities, depths.contiguous()
+    if op == "pixel_shuffle_lowpass":  # the upper ViT's 128-wide 16 x 16 map -> 32 x 32 x 32
+        return (torch.randn(B, 4 * 32, 16, 16, device=device, requires_grad=True),)
+    if op == "eadaln":
+        x = torch.randn(B, 16, 128, device=device, requires_grad=True)  # 4 x 4 tokens of h = 128
+        mod = torch.randn(B, 128, device=device, requires_grad=True)
+        return x, mod, mod * 0.5
+    raise ValueError(f"unknown op {op!r}")
+
+
 OPS = {
     "triplane_sample": triplane_sample,
     "composite_rays": composite_rays,
