@@ -13,7 +13,7 @@ measures the tiny training step of fast-compiled against reference-eager interle
 which keeps the ratio honest on a loaded machine, and records it in ``extra_info["speedup"]``.
 
 On the CPU the paper preset runs one measured round after one warm-up, and its compiled variants are
-skipped (compiling the paper model takes minutes on 2 cores) unless ``EXPORT3D_BENCH_FULL=1``.
+skipped (compiling the paper model takes minutes on 2 cores) unless ``--bench-full`` is given.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def inference_frame(w: Workload) -> None:
 
 def _skip_if_too_slow(preset: str, variant: str, dev: str) -> None:
     if dev == "cpu" and preset == "paper" and variant.endswith("compiled") and not full_suite():
-        pytest.skip("compiling the paper preset takes minutes on CPU; set EXPORT3D_BENCH_FULL=1 to run it")
+        pytest.skip("compiling the paper preset takes minutes on CPU; pass --bench-full to run it")
 
 
 def _rounds(preset: str, dev: str, cpu_tiny: int) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Providers: ``reference`` (eager PyTorch), ``compiled`` (``torch.compile`` of the reference), and
 ``triton`` (the fused kernels; CUDA only). Sizes: the paper preset's (64 x 64 rays, 48 samples, C = 32,
-planes 3 x 32 x 128 x 128) and a tiny one. CPU runs use ``EXPORT3D_BENCH_THREADS`` threads (default 1,
+planes 3 x 32 x 128 x 128) and a tiny one. CPU runs use ``--bench-threads`` threads (default 1,
 see ``benchmarks/common.py``). Memory is in ``extra_info``. No timing is asserted.
 """
 

@@ -72,19 +72,22 @@ def sync(dev: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
+SETTINGS = {"threads": 1, "full": False}  # set from the command line by benchmarks/conftest.py
+
+
 def full_suite() -> bool:
-    """``EXPORT3D_BENCH_FULL=1`` turns on the cases too slow for the CPU budget (compiled paper-preset model)."""
-    return os.environ.get("EXPORT3D_BENCH_FULL", "0").lower() in ("1", "true", "yes", "on")
+    """``--bench-full`` turns on the cases too slow for the CPU budget (compiled paper-preset model)."""
+    return bool(SETTINGS["full"])
 
 
 def bench_threads() -> int:
-    """Intra-op threads for CPU benchmarks: ``EXPORT3D_BENCH_THREADS`` (default 1).
+    """Intra-op threads for CPU benchmarks: ``--bench-threads N`` (default 1).
 
     On a shared 2-core machine every multi-threaded op waits for the OS to schedule its second thread:
     ``python -m export3d.profile`` measured the tiny training step at 13.1 s wall with 2 threads and 1.55 s
     with 1 (load averages 1.9 and 1.7), so the default of 1 thread measures the code, not the neighbours.
     """
-    return int(os.environ.get("EXPORT3D_BENCH_THREADS", "1"))
+    return int(SETTINGS["threads"])
 
 
 @contextlib.contextmanager
