@@ -19,7 +19,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, 0).float() / 127.5 - 1
+    return torch.from_numpy(np.array(array, copy=True)).movedim(-1, 0).float() / 127.5 - 1  # a writable copy
 
 
 def make_grid(rows: list[torch.Tensor], size: int | None = None, pad: int = 2) -> torch.Tensor:
