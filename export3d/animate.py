@@ -174,9 +174,8 @@ def build_driving(args: argparse.Namespace, model: Export3D, meta: dict, beta: t
         betas, cameras, images, label = data["beta"], data["camera"], data["image"], source.clips[clip].name
     elif args.driving is not None:
         betas, cameras, images = load_clip_folder(args.driving, H)
-        if args.max_frames:
-            betas, cameras, images = betas[: args.max_frames], cameras[: args.max_frames], images
-            images = None if images is None else images[: args.max_frames]
+        keep = slice(0, args.max_frames)  # max_frames None keeps every frame
+        betas, cameras, images = betas[keep], cameras[keep], None if images is None else images[keep]
         label = str(args.driving)
     elif args.orbit:
         cameras = orbit_cameras(args.num_frames, args.yaw, args.pitch)

@@ -261,7 +261,7 @@ def format_paper_table(result: dict) -> str:
     titles = {s: f"{s.replace('_', '-').capitalize()} ({result[s]['pairs']} pairs)" for s in groups}
     head1 = f"{'':<18}" + "".join(f" | {titles[s]:<{8 * len(COLUMNS[s])}}" for s in groups)
     head2 = f"{'Method':<18}" + "".join(" | " + "".join(f"{m + arrow[m]:>8}" for m in COLUMNS[s]) for s in groups)
-    lines = [head1, head2, "-" * len(head2)]
+    lines = [head1.rstrip(), head2, "-" * len(head2)]
     for method, label in (("model", "Export3D (ours)"), ("copy_source", "Copy source")):
         row = f"{label:<18}"
         for s in groups:
