@@ -298,9 +298,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     source = held_out_source(meta, args.data, model.config.image_size)
     pairs = args.pairs if args.pairs is not None else train_cfg.get("eval_pairs") or 64
     extra = build_extractors(args, device)
-    with torch.random.fork_rng():  # the random-VGG fallback is then the same network in every evaluation
-        torch.manual_seed(0)
-        lpips_model, lpips_info = build_lpips(args.vgg_weights)
+    lpips_model, lpips_info = build_lpips(args.vgg_weights)  # its random-VGG fallback is seeded: repeatable
     metrics = evaluate(model, source, lpips_model.to(device), device, pairs=pairs, batch_size=args.batch_size,
                        seed=train_cfg.get("seed", 0), on_batch=extra.update)  # fmt: skip
     for setting, block in metrics.items():

@@ -96,8 +96,11 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None) -> tuple[nn.Module
     import lpips  # heavy (torchvision); imported only when a loss or metric is built
 
     path = find_vgg16_weights(vgg_weights)
-    with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' `pretrained=` argument
-        warnings.simplefilter("ignore", UserWarning)
+    # A fixed seed (without touching the caller's RNG): the random-VGG fallback is the same network in every
+    # run, so training's metrics.json and `python -m export3d.evaluate` agree on the same checkpoint.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecation notes about `pretrained=`
+        torch.manual_seed(0)
         model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)  # linear heads ship with lpips
     if path is not None:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -38,6 +38,11 @@ def test_lpips_fallback_identical_is_zero():
     x = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     assert torch.allclose(lpips_distance(model, x, x), torch.zeros(2), atol=1e-6)
     assert (lpips_distance(model, x, x.flip(-1)) > 0).all()
+    torch.manual_seed(123)  # the fallback network does not depend on (or advance) the caller's RNG
+    state = torch.get_rng_state()
+    again, _ = build_lpips()
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(lpips_distance(again, x, x.flip(-1)), lpips_distance(model, x, x.flip(-1)))
 
 
 def test_lpips_loads_local_vgg_weights(tmp_path):
