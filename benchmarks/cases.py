@@ -9,6 +9,8 @@ checks the same numbers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -17,27 +19,6 @@ from export3d.kernels import composite_rays, eadaln, pixel_shuffle_lowpass, trip
 from export3d.kernels.utils import saved_tensor_bytes
 
 RAYS, SAMPLES, CHANNELS, PLANE = 64 * 64, 48, 32, 128  # paper preset: 64 x 64 rays, 48 samples, C = 32
-
-
-def case_inputs(op: str, device: str = "cuda", batch: int = 1) -> tuple:
-    """Inputs (requiring grad) for ``op`` at paper-preset sizes; call inside ``FakeTensorMode`` for free."""
-    B = batch
-    if op == "triplane_sample":
-        planes = torch.randn(B, 3, CHANNELS, PLANE, PLANE, device=device, requires_grad=True)  # [B, 3, C, H, W]
-        coords = torch.rand(B, RAYS * SAMPLES, 3, device=device) - 0.5  # [B, N, 3]
-        return planes, coords
-    if op == "composite_rays":
-        colors = torch.rand(B, RAYS, SAMPLES, CHANNELS, device=device, requires_grad=True)  # [B, R, S, C]
-        densities = torch.randn(B, RAYS, SAMPLES, 1, device=device, requires_grad=True)
-        depths = torch.linspace(2.25, 3.3, SAMPLES, device=device).view(1, 1, SAMPLES, 1).expand(B, RAYS, -1, -1)
-        return colors, densities, depths.contiguous()
-    if op == "pixel_shuffle_lowpass":
-        return (torch.randn(B, 4 * 256, 32, 32, device=device, requires_grad=True),)  # 1024 tokens-wide -> 64 x 64
-    if op == "eadaln":
-        x = torch.randn(B, 256, 1024, device=device, requires_grad=True)  # 256 tokens of h = 1024
-        mod = torch.randn(B, 1024, device=device, requires_grad=True)
-        return x, mod, mod * 0.5
-    raise ValueError(f"unknown op {op!r}")
 
 
 def minimal_render(planes, weights, origins, dirs, depths, impl):
@@ -83,14 +64,32 @@ TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, TINY_BATCH = 16 * 16, 24, 16
 SIZES = ("paper", "tiny")
 
 
+@dataclass(frozen=True)
+class OpSizes:
+    batch: int
+    rays: int  # R
+    samples: int  # S
+    channels: int  # C of the tri-plane / composited features
+    plane: int  # tri-plane side
+    shuffle_in: tuple[int, int]  # pixel_shuffle_lowpass input (channels, side) before the x2 shuffle
+    tokens: tuple[int, int]  # eadaln (L, D)
+
+
+OP_SIZES = {
+    # paper: 1024-wide 32 x 32 map -> 256 x 64 x 64; 256 tokens of h = 1024
+    "paper": OpSizes(1, RAYS, SAMPLES, CHANNELS, PLANE, (4 * 256, 32), (256, 1024)),
+    # tiny: the upper ViT's 128-wide 16 x 16 map -> 32 x 32 x 32; 4 x 4 tokens of h = 128
+    "tiny": OpSizes(TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, (4 * 32, 16), (16, 128)),
+}
+
+
 def sized_case_inputs(op: str, size: str = "paper", device: str = "cuda") -> tuple:
-    """Inputs (requiring grad) for ``op`` at the ``paper`` preset's sizes (batch 1, exactly
-    :func:`case_inputs`) or the ``tiny`` preset's sizes (batch 8, its training batch)."""
-    if size == "paper":
-        return case_inputs(op, device, batch=1)
-    if size != "tiny":
+    """Inputs (requiring grad) for ``op`` at the ``paper`` preset's sizes (batch 1) or the ``tiny`` preset's
+    (batch 8, its training batch); call inside ``FakeTensorMode`` to get them for free."""
+    if size not in OP_SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    B, R, S, C, P = TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE
+    z = OP_SIZES[size]
+    B, R, S, C, P = z.batch, z.rays, z.samples, z.channels, z.plane
     if op == "triplane_sample":
         planes = torch.randn(B, 3, C, P, P, device=device, requires_grad=True)  # [B, 3, C, H, W]
         coords = torch.rand(B, R * S, 3, device=device) - 0.5  # [B, N, 3]
@@ -100,11 +99,13 @@ def sized_case_inputs(op: str, size: str = "paper", device: str = "cuda") -> tup
         densities = torch.randn(B, R, S, 1, device=device, requires_grad=True)
         depths = torch.linspace(2.25, 3.3, S, device=device).view(1, 1, S, 1).expand(B, R, -1, -1)
         return colors, densities, depths.contiguous()
-    if op == "pixel_shuffle_lowpass":  # the upper ViT's 128-wide 16 x 16 map -> 32 x 32 x 32
-        return (torch.randn(B, 4 * 32, 16, 16, device=device, requires_grad=True),)
+    if op == "pixel_shuffle_lowpass":
+        channels, side = z.shuffle_in
+        return (torch.randn(B, channels, side, side, device=device, requires_grad=True),)
     if op == "eadaln":
-        x = torch.randn(B, 16, 128, device=device, requires_grad=True)  # 4 x 4 tokens of h = 128
-        mod = torch.randn(B, 128, device=device, requires_grad=True)
+        L, D = z.tokens
+        x = torch.randn(B, L, D, device=device, requires_grad=True)  # [B, L, D]
+        mod = torch.randn(B, D, device=device, requires_grad=True)
         return x, mod, mod * 0.5
     raise ValueError(f"unknown op {op!r}")
 
@@ -127,7 +128,7 @@ def saved_bytes(op: str, impl: str) -> tuple[int, list[torch.Tensor], tuple]:
             inputs = render_scene(device="cuda")
             total, saved, _ = saved_tensor_bytes(minimal_render, *inputs, impl=impl)
         else:
-            inputs = case_inputs(op)
+            inputs = sized_case_inputs(op, "paper")
             total, saved, _ = saved_tensor_bytes(OPS[op], *inputs, impl=impl)
     return total, saved, inputs
 
