@@ -3,21 +3,20 @@
 import pytest
 import torch
 
+from benchmarks.common import threads_for_benchmarks
 from export3d.data import FrameKey, SyntheticConfig, SyntheticHeads
 
 BATCH = 8
 
 
 @pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def bench_threads():
+    with threads_for_benchmarks() as n:  # --bench-threads, default 1
+        yield n
 
 
 @pytest.mark.parametrize("resolution", [64, 256])
-def test_render_batch_of_8(benchmark, one_thread, resolution):
+def test_render_batch_of_8(benchmark, bench_threads, resolution):
     heads = SyntheticHeads(SyntheticConfig(resolution=resolution))
     keys = [FrameKey(i, i % 3, 7 * i) for i in range(BATCH)]  # 8 identities, varied poses and expressions
     benchmark.extra_info["resolution"] = resolution

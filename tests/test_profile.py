@@ -11,14 +11,6 @@ import torch
 from export3d import profile
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _check_section(part: dict, names: tuple[str, ...]) -> None:
     assert [r["name"] for r in part["stages"]] == list(names)
     for r in part["stages"]:
@@ -28,7 +20,7 @@ def _check_section(part: dict, names: tuple[str, ...]) -> None:
     assert part["total_s"] > 0 and part["wall_s"] > 0
 
 
-def test_profile_tiny_cpu_json_and_trace(tmp_path, capsys, one_thread):
+def test_profile_tiny_cpu_json_and_trace(tmp_path, capsys):
     out, trace = tmp_path / "profile.json", tmp_path / "trace.json"
     argv = ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1",
             "--threads", "1", "--json", str(out), "--trace", str(trace)]  # fmt: skip
@@ -60,7 +52,7 @@ def test_profile_tiny_cpu_json_and_trace(tmp_path, capsys, one_thread):
     assert {"training step", "inference frame", "tri-plane sampling", "backward"} <= names
 
 
-def test_reference_impl_reports_math_attention(one_thread):
+def test_reference_impl_reports_math_attention():
     opts = profile.ProfileOptions(preset="tiny", device="cpu", impl="reference", batch=1, steps=1, warmup=0)
     report = profile.run(opts)
     assert report["attention_backend"] == "math"
