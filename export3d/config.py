@@ -60,6 +60,10 @@ class GeneratorConfig:
     plane_channels: int = 32  # C of the tri-plane [3, C, H/2, W/2] (paper Eq. 4)
     ema_decay: float = 0.998  # delta of the tri-plane EMA (supp. Eq. 12)
     lowpass_taps: int = 5  # taps of the Gaussian low-pass after each pixel shuffle (sigma 1 output px)
+    # The source is resampled into the xy plane's frame before the conv stem and the high-resolution branch:
+    # a frontal image spans +-radius * 0.5 / focal = +-0.317 at the pivot (EG3D FFHQ camera: 2.7, 4.2647), the
+    # planes +-box_warp / 2 = +-0.5, so the image shrinks by this factor (1.0: no resampling). Our choice.
+    source_zoom: float = 0.633
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class ModelConfig:
             ((H // 16) % g.low_sr_ratio == 0, f"token grid {H // 16} must divide by low_sr_ratio {g.low_sr_ratio}"),
             ((H // 4) % g.high_sr_ratio == 0, f"upper token grid {H // 4} must divide by high_sr_ratio"),
             (g.lowpass_taps % 2 == 1, f"generator.lowpass_taps must be odd, got {g.lowpass_taps}"),
+            (0.0 < g.source_zoom <= 1.0, f"generator.source_zoom must be in (0, 1], got {g.source_zoom}"),
             (0.0 <= g.ema_decay < 1.0, f"generator.ema_decay must be in [0, 1), got {g.ema_decay}"),
             (r.n_coarse >= 3 and r.n_fine >= 1, "render needs n_coarse >= 3 and n_fine >= 1 (EG3D sample_pdf)"),
             (0 < r.ray_start < r.ray_end, f"render needs 0 < ray_start < ray_end, got {r.ray_start}, {r.ray_end}"),
@@ -184,12 +189,12 @@ TINY = ModelConfig(
         stem_channels=(16, 32, 32),
         low_blocks=2,
         up_channels=(64, 64),
-        hr_channels=16,
-        high_in_channels=32,
+        hr_channels=32,  # the high-resolution branch carries the detail; 16 -> 32 (+ wider convs after it) measured
+        high_in_channels=64,  # +0.4 dB held-out PSNR at equal CPU time on the tiny run (README, Training)
         high_hidden=128,
         high_blocks=1,
         high_sr_ratio=4,
-        out_channels=32,
+        out_channels=64,
         plane_channels=16,
     ),
     render=RenderConfig(n_coarse=24, n_fine=24, decoder_hidden=32, feature_channels=16),

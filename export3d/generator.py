@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from export3d.blocks import (
@@ -55,7 +56,7 @@ class TriplaneGenerator(nn.Module):
         super().__init__()
         g, C, P = config.generator, config.generator.plane_channels, config.plane_resolution
         self.plane_channels, self.plane_resolution, self.code_dim = C, P, config.code_dim
-        self.ema_decay = g.ema_decay
+        self.ema_decay, self.source_zoom = g.ema_decay, g.source_zoom
         self.kernel_impl = kernel_impl  # impl of pixel_shuffle_lowpass (EAdaLN modules hold their own)
         vit = {"heads": g.heads, "mlp_ratio": g.mlp_ratio, "kernel_impl": kernel_impl,
                "attention_backend": attention_backend}  # fmt: skip
@@ -112,9 +113,20 @@ class TriplaneGenerator(nn.Module):
         """Pixel shuffle x2 + Gaussian low-pass: ``[B, 4c, h, w]`` -> ``[B, c, 2h, 2w]``."""
         return pixel_shuffle_lowpass(x, 2, self.lowpass_taps.to(x.dtype), impl=self.kernel_impl)
 
+    def to_plane_frame(self, source: torch.Tensor) -> torch.Tensor:
+        """Shrink the source about its centre by ``source_zoom`` (border colours fill the margin), so that a
+        frontal face lands where it lies in the xy plane: ``[B, 3, H, W]`` -> ``[B, 3, H, W]``."""
+        if self.source_zoom == 1.0:
+            return source
+        B, _, H, W = source.shape
+        theta = source.new_tensor([[1.0 / self.source_zoom, 0.0, 0.0], [0.0, 1.0 / self.source_zoom, 0.0]])
+        grid = F.affine_grid(theta.expand(B, 2, 3), [B, 3, H, W], align_corners=False)  # [B, H, W, 2]
+        return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
     def generate_raw(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """The network without the EMA: source ``[B, 3, H, W]``, code ``[B, d]`` -> ``[B, 3, C, H/2, W/2]``."""
         B = source.shape[0]
+        source = self.to_plane_frame(source)  # [B, 3, H, W]
         hr = self.hr_branch(source)  # [B, hr, H/2, W/2]
         x, grid = self.patch_merge(self.stem(source))  # [B, H*W/256, h], grid (H/16, W/16)
         for block in self.low_blocks:
@@ -129,7 +141,9 @@ class TriplaneGenerator(nn.Module):
         x = tokens_to_map(self.high_norm(x), grid)  # [B, hh, H/4, W/4]
         x = self.out_block(torch.cat([self._upsample(x), hr], dim=1))  # [B, out, H/2, W/2]
         x = self.head(lrelu(x))  # [B, 3*C, H/2, W/2]
-        return x.view(B, 3, self.plane_channels, self.plane_resolution, self.plane_resolution)
+        # Image rows run top-down (-y) while the planes' rows run along +v (triplane_sample): flipping the rows
+        # makes the xy plane line up with a frontal source, so the convolutional paths can paint it in place.
+        return x.view(B, 3, self.plane_channels, self.plane_resolution, self.plane_resolution).flip(-2)
 
     def apply_ema(self, raw: torch.Tensor) -> torch.Tensor:
         """``T = T_raw + T_ema(previous)``; advances the EMA on generator training steps (see class doc)."""

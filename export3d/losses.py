@@ -22,15 +22,22 @@ def reconstruction_loss(
     target: torch.Tensor,  # [B, 3, H, W] driving frame
     lpips_model: nn.Module,
     lpips_weight: float = 1.0,
+    with_lpips: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L_rec = MSE(raw, D_raw) + MSE(img, D) + w * (LPIPS(raw, D_raw) + LPIPS(img, D))`` -> (loss, parts)."""
+    """``L_rec = MSE(raw, D_raw) + MSE(img, D) + w * (LPIPS(raw, D_raw) + LPIPS(img, D))`` -> (loss, parts).
+
+    ``with_lpips=False`` drops the two LPIPS terms (lazy LPIPS, ``TrainConfig.lpips_every``).
+    """
     target_raw = resize_to(target, image_raw.shape[-1])
     mse_raw = F.mse_loss(image_raw.float(), target_raw.float())
     mse = F.mse_loss(image.float(), target.float())
-    lp_raw = lpips_distance(lpips_model, image_raw.float(), target_raw.float()).mean()
-    lp = lpips_distance(lpips_model, image.float(), target.float()).mean()
-    loss = mse_raw + mse + lpips_weight * (lp_raw + lp)
-    parts = {"mse_raw": mse_raw.item(), "mse": mse.item(), "lpips_raw": lp_raw.item(), "lpips": lp.item()}
+    loss = mse_raw + mse
+    parts = {"mse_raw": mse_raw.item(), "mse": mse.item()}
+    if with_lpips:
+        lp_raw = lpips_distance(lpips_model, image_raw.float(), target_raw.float()).mean()
+        lp = lpips_distance(lpips_model, image.float(), target.float()).mean()
+        loss = loss + lpips_weight * (lp_raw + lp)
+        parts.update(lpips_raw=lp_raw.item(), lpips=lp.item())
     return loss, parts
 
 

@@ -357,7 +357,8 @@ def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, c
     source, driving, beta, camera = batch["source"], batch["driving"], batch["beta"], batch["camera"]
     with autocast:
         out = net_g(source, beta, camera)
-        loss, logs = reconstruction_loss(out.image, out.image_raw, driving, lpips_model, cfg.lpips_weight)
+        loss, logs = reconstruction_loss(out.image, out.image_raw, driving, lpips_model, cfg.lpips_weight,
+                                         with_lpips=(stage_step + 1) % cfg.lpips_every == 0)  # fmt: skip
         if net_d is not None:  # D is frozen here and called without its DDP wrapper: only G's gradients sync
             for p in disc.parameters():
                 p.requires_grad_(False)
@@ -397,7 +398,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     flags = {"data": str, "out": str, "clebs_steps": int, "rec_steps": int, "adv_steps": int, "batch_size": int,
              "clebs_clips": int, "clebs_negatives": int, "lr": float, "clebs_lr": float, "d_lr": float,
-             "adv_weight": float, "device": str, "impl": str, "seed": int, "resume": str, "vgg_weights": str,
+             "adv_weight": float, "lpips_weight": float, "lpips_every": int, "device": str, "impl": str, "seed": int,
+             "resume": str, "vgg_weights": str,
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
              "frames_per_clip": int, "stop_after": int, "cache_frames": int,

@@ -27,11 +27,14 @@ def _states(result):
 
 
 def test_every_stage_writes_all_outputs(tmp_path):
-    result = main(_cfg(tmp_path / "run"))
+    result = main(_cfg(tmp_path / "run", lpips_every=2))
     out = tmp_path / "run"
     assert json.loads((out / "config.json").read_text())["rec_steps"] == 2
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == {"clebs", "reconstruction", "adversarial"}
+    generator_steps = [r for r in records if r["stage"] != "clebs"]  # global steps 3..6 = stage steps 1, 2, 1, 2
+    assert [("lpips" in r, "lpips_raw" in r) for r in generator_steps] == [(False, False), (True, True)] * 2
+    assert all("mse" in r and "mse_raw" in r for r in generator_steps)
     for r in records:
         values = [v for k, v in r.items() if k not in ("step", "stage", "time")]
         assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in values), r

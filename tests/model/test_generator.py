@@ -130,3 +130,37 @@ def test_fir_resampling_matches_upfirdn():
     assert torch.allclose(upsample2x(ones, k)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
     assert torch.allclose(downsample2x(ones, k)[..., 1:-1, 1:-1], torch.ones(1, 1, 2, 2))
     assert downsample2x(x[..., :4, :6], k).shape == (2, 3, 2, 3)
+
+
+def test_source_resampling_lines_up_a_frontal_image_with_the_xy_plane():
+    """A source pixel lands, after ``to_plane_frame`` and the generator's row flip, on the xy-plane cell that
+    triplane_sample reads for the world point seen through that pixel (frontal camera, pivot depth)."""
+    from export3d.data.cameras import RADIUS, orbit_camera_deg
+    from export3d.render.cameras import camera_rays
+
+    gen = _generator()
+    H = P = 32  # a full-resolution check of the resampling itself
+    origins, dirs = camera_rays(orbit_camera_deg(0.0, 0.0)[None], H)  # [1, H*H, 3]
+    for row, col in ((4, 9), (20, 27), (28, 3)):
+        source = torch.full((1, 3, H, H), -1.0)
+        source[0, :, row, col] = 1.0
+        framed = gen.to_plane_frame(source)[0, 0].flip(0)  # [P, P]: the generator writes plane rows flipped
+        r, c = divmod(int(framed.argmax()), P)
+        plane_uv = torch.tensor([(c + 0.5) / P * 2 - 1, (r + 0.5) / P * 2 - 1])  # grid_sample coords (u, v)
+        ray = row * H + col
+        point = origins[0, ray] + RADIUS / -dirs[0, ray, 2] * dirs[0, ray]  # on the plane through the pivot
+        world_uv = point[:2] / 0.5  # xy plane, box_warp 1
+        assert (plane_uv - world_uv).abs().max() <= 2.0 / P + 1e-6, (row, col, plane_uv, world_uv)
+
+
+def test_generator_writes_the_image_top_into_the_planes_upper_rows():
+    gen = _generator().eval()
+    g = torch.Generator().manual_seed(1)
+    src, code = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, torch.randn(1, 32, generator=g)
+    changed = src.clone()
+    changed[:, :, :6] = torch.rand(1, 3, 6, 32, generator=g) * 2 - 1  # the top rows of the image (world +y)
+    with torch.no_grad():
+        delta = (gen.generate_raw(changed, code) - gen.generate_raw(src, code))[0, 0].abs()  # xy plane [C, P, P]
+    P = delta.shape[-1]
+    upper, lower = delta[:, P // 2 :].mean(), delta[:, : P // 2].mean()  # rows at v > 0 hold world y > 0
+    assert upper > 3 * lower, (upper, lower)
