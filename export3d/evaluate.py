@@ -78,8 +78,12 @@ def model_config_from_meta(meta: dict, where: str) -> ModelConfig:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", preset: str | None = None,
-               image_size: int | None = None) -> tuple[Export3D, dict, Path]:  # fmt: skip
-    """``(model in eval mode, meta, checkpoint folder)``; ``preset`` / ``image_size`` are what the caller expects."""
+               image_size: int | None = None, use_ema: bool = True) -> tuple[Export3D, dict, Path]:  # fmt: skip
+    """``(model in eval mode, meta, checkpoint folder)``; ``preset`` / ``image_size`` are what the caller expects.
+
+    The weight EMA (``model_ema.*`` tensors, EG3D's G_ema) is loaded when the checkpoint has it and ``use_ema``;
+    otherwise the trained weights (``model.*``). ``meta["weights"]`` says which.
+    """
     weights, state, folder = load_checkpoint(path)
     meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
     cfg = dataclasses.replace(model_config_from_meta(meta, str(folder)), compile=False)
@@ -91,12 +95,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", preset: str
                               f"not the requested resolution {image_size}")  # fmt: skip
     if "model" not in weights:
         raise CheckpointError(f"checkpoint: {folder}/weights.safetensors has no 'model.' tensors")
+    key = "model_ema" if use_ema and "model_ema" in weights else "model"
     model = Export3D(cfg)
     try:
-        model.load_state_dict(weights["model"])
+        model.load_state_dict(weights[key])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint: {folder} weights do not fit its model_config ({exc})") from exc
     meta.setdefault("step", state.get("step"))
+    meta["weights"] = key
     return model.to(device).eval(), meta, folder
 
 
@@ -293,7 +299,8 @@ def format_paper_table(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 def run_checkpoint(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    model, meta, folder = load_model(args.checkpoint, device, args.preset, args.resolution)
+    model, meta, folder = load_model(args.checkpoint, device, args.preset, args.resolution,
+                                     use_ema=not args.trained_weights)  # fmt: skip
     train_cfg = meta.get("train_config") or {}
     source = held_out_source(meta, args.data, model.config.image_size)
     pairs = args.pairs if args.pairs is not None else train_cfg.get("eval_pairs") or 64
@@ -305,15 +312,17 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
         for method in ("model", "copy_source") if block else ():
             block[method].update(extra.results(setting, method))
     data = args.data or train_cfg.get("data", "synthetic")
-    result = {"checkpoint": str(folder), "step": meta.get("step"), "preset": model.config.name,
-              "image_size": model.config.image_size, "expression_encoder": model.config.expression_encoder,
-              "data": data, **metrics, "identity_leak": identity_leak(model, source, args.probe),
+    result = {"checkpoint": str(folder), "step": meta.get("step"), "weights": meta["weights"],
+              "preset": model.config.name, "image_size": model.config.image_size,
+              "expression_encoder": model.config.expression_encoder, "data": data, **metrics,
+              "identity_leak": identity_leak(model, source, args.probe),
               "lpips_network": dataclasses.asdict(lpips_info),
               "extractors": {k: (EXTRACTOR_FLAGS[k] + " " + str(p) if p else "not run: " + extra.reasons[k])
                              for k, p in (("landmarks", args.landmarks_weights), ("identity", args.identity_weights),
                                           ("3dmm", args.threedmm_weights))}}  # fmt: skip
-    print(f"export3d.evaluate: {folder} (step {result['step']}, preset {result['preset']}, {result['image_size']} px, "
-          f"expression encoder {result['expression_encoder']}), {data} test split; {lpips_info.describe()}")
+    print(f"export3d.evaluate: {folder} (step {result['step']}, {result['weights']} weights, "
+          f"preset {result['preset']}, {result['image_size']} px, expression encoder {result['expression_encoder']}), "
+          f"{data} test split; {lpips_info.describe()}")
     print(format_paper_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, help="same-identity pairs and cross-identity triples (default: the run's "
                                              "eval_pairs)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--trained-weights", action="store_true",
+                   help="evaluate the trained weights, not their EMA (model_ema; used when the checkpoint has it)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="fail unless the checkpoint holds this preset")
     p.add_argument("--resolution", type=int, help="fail unless the checkpoint's model has this image size")

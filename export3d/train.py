@@ -46,6 +46,7 @@ from export3d.metrics import build_lpips
 from export3d.model import Export3D
 from export3d.runlog import Progress, RunLogger
 from export3d.train_config import STAGES, TRAIN_PRESETS, TrainConfig
+from export3d.weight_ema import WeightEMA
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -189,12 +190,21 @@ class ClipObjective(nn.Module):
         return self.clebs.clip_loss(images, beta)
 
 
+def generator_images(state: dict, cfg: TrainConfig, dist: DistInfo) -> int:
+    """Images the generator has trained on so far (all processes): the weight EMA's ramp-up clock."""
+    steps = state["stage_step"] if state["stage"] != "clebs" else 0
+    if state["stage"] == "adversarial":
+        steps += cfg.steps("reconstruction")
+    return steps * cfg.batch_size * dist.world_size
+
+
 @dataclass
 class TrainResult:
     out: Path
     metrics: dict | None
-    model: Export3D
+    model: Export3D  # the trained weights
     discriminator: Discriminator
+    model_ema: Export3D | None  # the weight EMA (EG3D's G_ema) that samples and metrics.json use; None when off
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -252,6 +262,14 @@ def main(cfg: TrainConfig) -> TrainResult:
             print(f"resumed from {folder} at step {state['step']} ({state['stage']} step {state['stage_step']})")
     if STAGES.index(state["stage"]) > 0 and cfg.expression_encoder == "clebs":
         model.freeze_expression_encoder()
+    ema = WeightEMA(model, cfg.ema_half_life_images, cfg.ema_rampup) if cfg.ema_half_life_images > 0 else None
+    if ema is not None and cfg.resume is not None:
+        if "model_ema" in weights:
+            ema.module.load_state_dict(weights["model_ema"])
+        elif dist.is_main:
+            print(f"note: {folder} holds no weight EMA (model_ema); it restarts from the trained weights")
+    saved_modules = {**modules, "model_ema": ema.module} if ema is not None else modules
+    shown = ema.module if ema is not None else model  # what samples and metrics.json use
 
     logger = RunLogger(out, enabled=dist.is_main)
     samples = same_identity_batches(test_src, 4, 4, seed=cfg.seed) + cross_identity_batches(test_src, 4, 4, cfg.seed)
@@ -261,7 +279,7 @@ def main(cfg: TrainConfig) -> TrainResult:
         payload = {**state, "optimisers": {k: o.state_dict() for k, o in optimisers.items()}, "rng": gather_rng(dist),
                    "config": cfg.to_dict(), "lpips": dataclasses.asdict(lpips_info)}  # fmt: skip
         if dist.is_main:
-            save_checkpoint(out / "checkpoints", state["step"], modules, payload,
+            save_checkpoint(out / "checkpoints", state["step"], saved_modules, payload,
                             meta={"model_config": dataclasses.asdict(model_cfg), "train_config": cfg.to_dict()})
 
     if dist.is_main:
@@ -280,6 +298,8 @@ def main(cfg: TrainConfig) -> TrainResult:
             net_c, net_g, net_d = wrap(ClipObjective(clebs), dist), None, None
             if stage != "clebs":
                 net_g, net_d = wrap(model, dist), wrap(disc, dist) if stage == "adversarial" else None
+                if ema is not None and generator_images(state, cfg, dist) == 0:
+                    ema.reset(model)  # the average starts from the weights DDP has just made equal on every rank
             progress = Progress(stage, state["stage_step"], total, enabled=dist.is_main, log_every=cfg.log_every)
             while state["stage_step"] < total:
                 t0 = time.perf_counter()
@@ -297,6 +317,8 @@ def main(cfg: TrainConfig) -> TrainResult:
                     average_buffers(model, dist)
                     images = batch["source"].shape[0]
                 state["stage_step"] += 1
+                if ema is not None and stage != "clebs":
+                    ema.update(model, generator_images(state, cfg, dist), images * dist.world_size)
                 state["step"] += 1
                 state["positions"][stage] = stream.position
                 dt = time.perf_counter() - t0
@@ -308,7 +330,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                     logger.scalars(state["step"], stage, logs)
                 if stage != "clebs" and dist.is_main and (state["stage_step"] % cfg.sample_every == 0
                                                           or state["stage_step"] == total):  # fmt: skip
-                    grid = sample_grid(model, samples, device)
+                    grid = sample_grid(shown, samples, device)
                     save_png(grid, out / "samples" / f"{stage}_{state['stage_step']:06d}.png")
                     save_png(grid, out / "samples" / "latest.png")
                     logger.image(state["step"], f"{stage}/samples", grid)
@@ -323,7 +345,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                     print(f"stopped after step {state['step']} (--stop-after); continue with --resume {out}")
                 logger.close()
                 shutdown(dist)
-                return TrainResult(out, None, model, disc)
+                return TrainResult(out, None, model, disc, ema.module if ema is not None else None)
             if stage == "clebs" and cfg.expression_encoder == "clebs":  # f_e kept and frozen, f_I discarded (Sec. 3.1)
                 model.lebs.load_state_dict(clebs.lebs.state_dict())
                 model.freeze_expression_encoder()
@@ -339,16 +361,17 @@ def main(cfg: TrainConfig) -> TrainResult:
     # held-out evaluation
     metrics = None
     if dist.is_main and cfg.eval_pairs > 0:
-        metrics = evaluate(model, test_src, lpips_model, device, pairs=cfg.eval_pairs, batch_size=cfg.batch_size,
+        metrics = evaluate(shown, test_src, lpips_model, device, pairs=cfg.eval_pairs, batch_size=cfg.batch_size,
                            seed=cfg.seed)  # fmt: skip
-        metrics.update(step=state["step"], lpips_network=dataclasses.asdict(lpips_info))
+        metrics.update(step=state["step"], lpips_network=dataclasses.asdict(lpips_info),
+                       weights="model_ema" if ema is not None else "model")  # fmt: skip
         atomic_write_json(out / "metrics.json", metrics)
         print(format_table(metrics))
     logger.close()
     if dist.is_main:
         print(f"outputs: {out.resolve()} (checkpoints/, samples/latest.png, log.jsonl, tensorboard/, metrics.json)")
     shutdown(dist)
-    return TrainResult(out, metrics, model, disc)
+    return TrainResult(out, metrics, model, disc, ema.module if ema is not None else None)
 
 
 def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg: TrainConfig, stage_step: int,
@@ -403,7 +426,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
              "frames_per_clip": int, "stop_after": int, "cache_frames": int,
-             "threads": int, "fps": float, "expression_encoder": str}  # fmt: skip
+             "threads": int, "fps": float, "expression_encoder": str,
+             "ema_half_life_images": float, "ema_rampup": float}  # fmt: skip
     for name, kind in flags.items():
         assert name in fields, name
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"(default: preset's {name})")

@@ -22,8 +22,8 @@ def _cfg(out, **overrides) -> TrainConfig:
 
 
 def _states(result):
-    return {name: {k: v.clone() for k, v in module.state_dict().items()}
-            for name, module in (("model", result.model), ("discriminator", result.discriminator))}  # fmt: skip
+    modules = (("model", result.model), ("discriminator", result.discriminator), ("model_ema", result.model_ema))
+    return {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in modules}
 
 
 def test_every_stage_writes_all_outputs(tmp_path):
@@ -44,8 +44,13 @@ def test_every_stage_writes_all_outputs(tmp_path):
     assert any((out / "tensorboard").iterdir())
     weights, state, folder = load_checkpoint(out)
     assert state["step"] == 6 and state["stage"] == "adversarial"
-    assert set(weights) == {"model", "clebs", "discriminator"}
+    assert set(weights) == {"model", "clebs", "discriminator", "model_ema"}
+    ema, trained = weights["model_ema"], weights["model"]
+    lagging = {k for k in ema if not torch.equal(ema[k], trained[k])}  # the average trails the trained weights ...
+    assert lagging and all(k.startswith(("generator.", "renderer.", "superres.")) for k in lagging), lagging
+    assert "generator.triplane_ema" not in lagging  # ... but copies buffers, and the frozen f_e (lebs.*)
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weights"] == "model_ema"
     for setting in ("same_identity", "cross_identity"):
         for who in ("model", "copy_source"):
             assert all(torch.isfinite(torch.tensor(v)) for v in metrics[setting][who].values())
