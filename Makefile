@@ -1,4 +1,7 @@
 # Every target sets up .venv on first use (python3 -m venv + pip install -e '.[dev]').
+# --no-compile: pip skips byte-compiling the ~5 GB of packages (torch, CUDA libraries); Python compiles each module
+# on import instead. Measured on the 2-core CPU: install 64.5 s -> 45.2 s, `import export3d.train` 2.5 s -> 5.0 s
+# when PYTHONDONTWRITEBYTECODE is set (as here), so `make train` finishes ~17 s sooner.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 train: $(STAMP)
