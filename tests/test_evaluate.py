@@ -12,7 +12,7 @@ from export3d import Export3D
 from export3d.ablation import _variants, format_ablation
 from export3d.checkpoint import CheckpointError, save_checkpoint
 from export3d.config import preset
-from export3d.evaluate import ExtractorMetrics, main, model_config_from_meta
+from export3d.evaluate import ExtractorMetrics, load_model, main, model_config_from_meta
 from export3d.evaluation import EvalBatch
 from export3d.metrics import psnr, ssim
 from export3d.model import DirectExpression
@@ -107,6 +107,22 @@ def test_model_config_round_trip_and_old_meta():
     assert model_config_from_meta({"model_config": old}, "x").expression_encoder == "lebs"
     with pytest.raises(CheckpointError, match="no 'model_config'"):
         model_config_from_meta({}, "x")
+
+
+def test_load_model_prefers_the_weight_ema(tmp_path):
+    cfg = preset("tiny", **SMALL)
+    torch.manual_seed(0)
+    trained, averaged = Export3D(cfg), Export3D(cfg)  # two different initialisations stand in for the two sets
+    meta = {"model_config": dataclasses.asdict(cfg)}
+    save_checkpoint(tmp_path / "both" / "checkpoints", 5, {"model": trained, "model_ema": averaged}, {}, meta=meta)
+    save_checkpoint(tmp_path / "plain" / "checkpoints", 5, {"model": trained}, {}, meta=meta)
+    key = "generator.head.weight"
+    for run, use_ema, expected, source in [("both", True, "model_ema", averaged), ("both", False, "model", trained),
+                                           ("plain", True, "model", trained)]:  # fmt: skip
+        model, got_meta, _ = load_model(tmp_path / run, use_ema=use_ema)
+        assert got_meta["weights"] == expected
+        assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    assert not torch.equal(trained.state_dict()[key], averaged.state_dict()[key])
 
 
 def test_evaluate_cli_end_to_end(tmp_path, capsys):
