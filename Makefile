@@ -3,7 +3,8 @@
 # on import instead. Measured on the 2-core CPU: install 64.5 s -> 45.2 s, `import export3d.train` 2.5 s -> 5.0 s
 # when PYTHONDONTWRITEBYTECODE is set (as here), so `make train` (one process) finishes ~17 s sooner. The test
 # suite starts many processes (torch.compile workers, subprocess tests), so `test` and `bench` byte-compile the
-# venv first (17 s on both cores). Fresh-clone `CI=true bash .ci/run`: pytest 293 s without that step, 151 s with it.
+# venv first (17 s on both cores). Fresh-clone `CI=true bash .ci/run` with an empty torch.compile cache: pytest
+# 293 s without that step, 256 s with it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
