@@ -268,8 +268,9 @@ def main(cfg: TrainConfig) -> TrainResult:
             ema.module.load_state_dict(weights["model_ema"])
         elif dist.is_main:
             print(f"note: {folder} holds no weight EMA (model_ema); it restarts from the trained weights")
-    saved_modules = {**modules, "model_ema": ema.module} if ema is not None else modules
-    shown = ema.module if ema is not None else model  # what samples and metrics.json use
+    averaged = ema.module if ema is not None else None
+    saved_modules = {**modules, "model_ema": averaged} if averaged is not None else modules
+    shown = averaged if averaged is not None else model  # what samples and metrics.json use
 
     logger = RunLogger(out, enabled=dist.is_main)
     samples = same_identity_batches(test_src, 4, 4, seed=cfg.seed) + cross_identity_batches(test_src, 4, 4, cfg.seed)
@@ -345,7 +346,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                     print(f"stopped after step {state['step']} (--stop-after); continue with --resume {out}")
                 logger.close()
                 shutdown(dist)
-                return TrainResult(out, None, model, disc, ema.module if ema is not None else None)
+                return TrainResult(out, None, model, disc, averaged)
             if stage == "clebs" and cfg.expression_encoder == "clebs":  # f_e kept and frozen, f_I discarded (Sec. 3.1)
                 model.lebs.load_state_dict(clebs.lebs.state_dict())
                 model.freeze_expression_encoder()
@@ -364,14 +365,14 @@ def main(cfg: TrainConfig) -> TrainResult:
         metrics = evaluate(shown, test_src, lpips_model, device, pairs=cfg.eval_pairs, batch_size=cfg.batch_size,
                            seed=cfg.seed)  # fmt: skip
         metrics.update(step=state["step"], lpips_network=dataclasses.asdict(lpips_info),
-                       weights="model_ema" if ema is not None else "model")  # fmt: skip
+                       weights="model_ema" if averaged is not None else "model")  # fmt: skip
         atomic_write_json(out / "metrics.json", metrics)
         print(format_table(metrics))
     logger.close()
     if dist.is_main:
         print(f"outputs: {out.resolve()} (checkpoints/, samples/latest.png, log.jsonl, tensorboard/, metrics.json)")
     shutdown(dist)
-    return TrainResult(out, metrics, model, disc, ema.module if ema is not None else None)
+    return TrainResult(out, metrics, model, disc, averaged)
 
 
 def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg: TrainConfig, stage_step: int,
