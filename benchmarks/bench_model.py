@@ -45,7 +45,7 @@ class Workload:
 
 @pytest.fixture(scope="module")
 def lpips():
-    from export3d.metrics import build_lpips
+    from export3d.evaluation.metrics import build_lpips
 
     model, _ = build_lpips()
     return model.to(bench_device())
@@ -87,7 +87,7 @@ def make_workload(preset: str, variant: str, dev: str, seed: int = 0, keep: bool
 
 
 def train_forward(w: Workload, lpips) -> torch.Tensor:
-    from export3d.losses import reconstruction_loss
+    from export3d.training.losses import reconstruction_loss
 
     w.model.train()
     out = w.model(w.source, w.beta, w.camera)

@@ -58,7 +58,7 @@ def render_scene(B=1, C=CHANNELS, res=PLANE, R=RAYS, S=SAMPLES, hidden=64, seed=
     return planes, weights, origins, dirs, depths
 
 
-# Tiny preset (export3d.config.TINY, 64 px): 16 x 16 rays, 24 samples per pass, C = 16, planes 32 x 32,
+# Tiny preset (export3d.model.config.TINY, 64 px): 16 x 16 rays, 24 samples per pass, C = 16, planes 32 x 32,
 # token width h = 128 on a 4 x 4 grid, upper ViT width 128 on 16 x 16; its training batch is 8.
 TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, TINY_BATCH = 16 * 16, 24, 16, 32, 8
 SIZES = ("paper", "tiny")

@@ -52,13 +52,13 @@ class ClipFormatError(ValueError):
         self.path = Path(path)
 
 
-def _frame_files(folder: Path) -> list[Path]:
+def frame_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     numeric = all(re.fullmatch(r"\d+", p.stem) for p in files)
     return sorted(files, key=(lambda p: (int(p.stem), p.name)) if numeric else (lambda p: p.name))
 
 
-def _check_array(path: Path, params: np.lib.npyio.NpzFile, key: str, width: int, frames: int) -> np.ndarray:
+def check_array(path: Path, params: np.lib.npyio.NpzFile, key: str, width: int, frames: int) -> np.ndarray:
     if key not in params.files:
         raise ClipFormatError(path, f"missing array {key!r} (has {sorted(params.files)})")
     arr = params[key]
@@ -76,7 +76,7 @@ def _check_array(path: Path, params: np.lib.npyio.NpzFile, key: str, width: int,
     return arr.astype(np.float32)
 
 
-def _check_cameras(path: Path, camera: np.ndarray) -> None:
+def check_cameras(path: Path, camera: np.ndarray) -> None:
     mats = camera[:, :16].reshape(-1, 4, 4).astype(np.float64)
     rot = mats[:, :3, :3]
     err = np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
@@ -151,16 +151,16 @@ class ClipFolder:
             raise ClipFormatError(path, "missing params.npz")
         try:
             with np.load(path, allow_pickle=False) as npz:
-                params = {"beta": _check_array(path, npz, "expression", BETA_DIM, clip.frames),
-                          "camera": _check_array(path, npz, "camera", CAMERA_DIM, clip.frames)}
+                params = {"beta": check_array(path, npz, "expression", BETA_DIM, clip.frames),
+                          "camera": check_array(path, npz, "camera", CAMERA_DIM, clip.frames)}
                 if "true_expression" in npz.files:
-                    params["true_expression"] = _check_array(path, npz, "true_expression", N_EXPRESSION, clip.frames)
+                    params["true_expression"] = check_array(path, npz, "true_expression", N_EXPRESSION, clip.frames)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, ClipFormatError):
                 raise
             raise ClipFormatError(path, f"cannot read: {err}") from err
-        _check_cameras(path, params["camera"])
-        frames = _frame_files(folder)
+        check_cameras(path, params["camera"])
+        frames = frame_files(folder)
         videos = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".mp4")
         if frames:
             if len(frames) != clip.frames:

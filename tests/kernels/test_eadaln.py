@@ -5,7 +5,7 @@ import torch
 
 from export3d.kernels import eadaln, eadaln_ref
 from export3d.kernels.eadaln import MAX_D
-from export3d.layers import EAdaLN
+from export3d.model.layers import EAdaLN
 from tests.kernels.helpers import assert_close_lowp
 
 SHAPES = [  # (B, L, D): size-1, primes, non-powers of two, a power of two, and empty L

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from export3d import Export3D
-from export3d.layers import EAdaLN
-from export3d.render import look_at_camera
+from export3d.model.layers import EAdaLN
+from export3d.model.render import look_at_camera
 
 SMALL = {"image_size": 32, "render": {"n_coarse": 8, "n_fine": 8}}  # the tiny preset, shrunk for speed
 

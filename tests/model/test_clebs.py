@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from export3d.clebs import CLeBS, LeBS, infonce_loss, orthonormal_basis
-from export3d.config import PRESETS, preset
+from export3d.model.clebs import CLeBS, LeBS, infonce_loss, orthonormal_basis
+from export3d.model.config import PRESETS, preset
 
 
 @pytest.mark.parametrize("name", ["paper", "tiny"])

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export3d.config import preset
-from export3d.discriminator import Discriminator
-from export3d.render import look_at_camera
-from export3d.superres import SuperResolution
+from export3d.model.config import preset
+from export3d.model.discriminator import Discriminator
+from export3d.model.render import look_at_camera
+from export3d.model.superres import SuperResolution
 
 
 def _batch(B=4, H=32, seed=0):

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export3d import attention as attention_mod
-from export3d.blocks import downsample2x, fir_kernel_2d, upsample2x
-from export3d.config import preset
-from export3d.generator import TriplaneGenerator
+from export3d.model import attention as attention_mod
+from export3d.model.blocks import downsample2x, fir_kernel_2d, upsample2x
+from export3d.model.config import preset
+from export3d.model.generator import TriplaneGenerator
 from tests.model.helpers import inputs, small_model
 
 
@@ -105,7 +105,7 @@ def test_import_and_cpu_forward_do_not_import_xformers_or_lpips():
         "import sys, torch\n"
         "import export3d\n"
         "from export3d import Export3D\n"
-        "from export3d.render import look_at_camera\n"
+        "from export3d.model.render import look_at_camera\n"
         "m = Export3D.from_preset('tiny', image_size=32, render={'n_coarse': 4, 'n_fine': 4}).eval()\n"
         "with torch.no_grad():\n"
         "    m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 64), look_at_camera(torch.zeros(1), torch.zeros(1)))\n"
@@ -136,7 +136,7 @@ def test_source_resampling_lines_up_a_frontal_image_with_the_xy_plane():
     """A source pixel lands, after ``to_plane_frame`` and the generator's row flip, on the xy-plane cell that
     triplane_sample reads for the world point seen through that pixel (frontal camera, pivot depth)."""
     from export3d.data.cameras import RADIUS, orbit_camera_deg
-    from export3d.render.cameras import camera_rays
+    from export3d.model.render.cameras import camera_rays
 
     gen = _generator()
     H = P = 32  # a full-resolution check of the resampling itself

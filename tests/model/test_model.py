@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from export3d import Export3D, Export3DOutput
-from export3d.config import preset
-from export3d.layers import EAdaLN
 from export3d.model import format_parameter_counts, parameter_counts
-from export3d.render import look_at_camera
+from export3d.model.config import preset
+from export3d.model.layers import EAdaLN
+from export3d.model.render import look_at_camera
 from tests.model.helpers import inputs, perturb_modulation, small_model
 
 NARROW = {"hidden": 64, "stem_channels": (8, 16, 16), "up_channels": (16, 16), "hr_channels": 8,

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from export3d.config import preset
-from export3d.render import (
+from export3d.model.config import preset
+from export3d.model.render import (
     VolumeRenderer,
     camera_rays,
     fov_degrees,

@@ -1,0 +1,115 @@
+"""Held-out evaluation shared by training and ``python -m export3d.evaluate``.
+
+Same identity: source and driving frames from one clip of a test identity; the model renders the
+driving expression and camera from the source, and is scored against the driving frame.
+Cross identity (synthetic data only): person A's frame, person B's expression and camera, scored
+against the ground-truth render of A with B's expression from B's camera. Both are compared with the
+copy-the-source baseline (the source image itself as the prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from export3d.data import CrossIdentityTriples, ReconstructionPairs, SyntheticClips
+from export3d.evaluation.metrics import lpips_distance, psnr, ssim
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    source: torch.Tensor  # [B, 3, H, W]
+    driving: torch.Tensor  # [B, 3, H, W]
+    beta: torch.Tensor  # [B, 64] of the driving frame
+    camera: torch.Tensor  # [B, 25] of the driving frame
+    target: torch.Tensor  # [B, 3, H, W]: the driving frame (same identity) or the ground truth (cross)
+
+
+def _indices(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)`` (a fixed, reproducible subset)."""
+    count = min(count, length)
+    return [int(i * length / count) for i in range(count)]
+
+
+def same_identity_batches(source, pairs: int, batch_size: int, seed: int = 0) -> list[EvalBatch]:
+    data = ReconstructionPairs(source, seed=seed)
+    idx = _indices(len(data), pairs)
+    out = []
+    for i in range(0, len(idx), batch_size):
+        b = default_collate(data.__getitems__(idx[i : i + batch_size]))
+        out.append(EvalBatch(b["source"], b["driving"], b["beta"], b["camera"], b["driving"]))
+    return out
+
+
+def cross_identity_batches(source, pairs: int, batch_size: int, seed: int = 0) -> list[EvalBatch]:
+    """Empty for data without ground truth (anything but the synthetic generator)."""
+    if not isinstance(source, SyntheticClips) or len({c.identity for c in source.clips}) < 2:
+        return []
+    data = CrossIdentityTriples(source, length=pairs, seed=seed)
+    out = []
+    for i in range(0, pairs, batch_size):
+        b = default_collate(data.__getitems__(list(range(i, min(i + batch_size, pairs)))))
+        out.append(EvalBatch(b["source"], b["driving"], b["beta"], b["camera"], b["target"]))
+    return out
+
+
+@torch.no_grad()
+def score(model: nn.Module, batches: list[EvalBatch], lpips_model: nn.Module, device: torch.device,
+          on_batch: Callable[[EvalBatch, dict[str, torch.Tensor]], None] | None = None) -> dict:  # fmt: skip
+    """Mean PSNR / SSIM / LPIPS of the model and of copy-the-source over ``batches``.
+
+    ``on_batch(batch, {"model": prediction, "copy_source": source})`` (images ``[B, 3, H, W]`` on ``device``)
+    sees every batch, e.g. to run face-model extractors on the same predictions.
+    """
+    sums = {name: {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0} for name in ("model", "copy_source")}
+    n = 0
+    for b in batches:
+        src, tgt = b.source.to(device), b.target.to(device)
+        pred = model(src, b.beta.to(device), b.camera.to(device)).image.float().clamp(-1, 1)
+        if on_batch is not None:
+            on_batch(b, {"model": pred, "copy_source": src})
+        for name, image in (("model", pred), ("copy_source", src)):
+            sums[name]["psnr"] += psnr(image, tgt).sum().item()
+            sums[name]["ssim"] += ssim(image, tgt).sum().item()
+            sums[name]["lpips"] += lpips_distance(lpips_model, image, tgt).sum().item()
+        n += src.shape[0]
+    return {name: {k: v / max(n, 1) for k, v in m.items()} for name, m in sums.items()} | {"pairs": n}
+
+
+def evaluate(model: nn.Module, source, lpips_model: nn.Module, device: torch.device, pairs: int = 64,
+             batch_size: int = 8, seed: int = 0, on_batch: Callable[..., None] | None = None) -> dict:  # fmt: skip
+    """Same- and (where ground truth exists) cross-identity metrics on ``source`` (a test split).
+
+    ``on_batch(setting, batch, predictions)``, if given, is called for every batch of both settings.
+    """
+    hook = (lambda setting: None if on_batch is None else partial(on_batch, setting))  # noqa: E731
+    was_training = model.training
+    model.eval()
+    try:
+        result = {"same_identity": score(model, same_identity_batches(source, pairs, batch_size, seed), lpips_model,
+                                         device, hook("same_identity"))}  # fmt: skip
+        cross = cross_identity_batches(source, pairs, batch_size, seed)
+        result["cross_identity"] = score(model, cross, lpips_model, device, hook("cross_identity")) if cross else None
+    finally:
+        model.train(was_training)
+    return result
+
+
+def format_table(metrics: dict) -> str:
+    """A plain-text table in the layout of the paper's Table 1 (rows: methods; columns: metrics)."""
+    lines = [f"{'':<22}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}"]
+    for setting in ("same_identity", "cross_identity"):
+        block = metrics.get(setting)
+        if not block:
+            lines.append(f"{setting.replace('_', '-')}: not available (no ground truth)")
+            continue
+        lines.append(f"{setting.replace('_', '-')} ({block['pairs']} pairs)")
+        for name in ("model", "copy_source"):
+            m = block[name]
+            lines.append(f"  {name:<20}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m['lpips']:>8.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Training configuration: a frozen dataclass and ``TRAIN_PRESETS`` (``paper``, ``tiny``).
+
+The paper's recipe (DESIGN.md section 6, paper Sec. 3.4 and supp. 6.4): CLeBS pre-training 60k steps
+(Adam 1e-4, 1 positive + 32 negatives, tau 0.07), reconstruction 300k steps (Adam 1e-4, batch 8),
+then 10k steps with ``0.01 * L_adv`` (discriminator Adam 1e-5, R1). The ``tiny`` preset keeps the
+recipe's structure but shrinks everything so that the whole run takes minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from export3d.model.config import IMPLS, PRESETS
+
+STAGES = ("clebs", "reconstruction", "adversarial")
+# Expression encoding (paper Table 3): "clebs" = contrastively pre-trained, then frozen f_e (the paper's recipe);
+# "lebs" = f_e trained end to end with the generator (no CLeBS stage, never frozen); "direct" = beta itself
+# conditions the generator (ModelConfig.expression_encoder="direct", no CLeBS stage).
+EXPRESSION_ENCODERS = ("clebs", "lebs", "direct")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "tiny"  # model preset (export3d.model.config.PRESETS)
+    data: str = "synthetic"  # "synthetic" or a folder in the on-disk clip format
+    out: str = "runs/tiny"  # output folder (config.json, checkpoints/, samples/, logs, metrics.json)
+    # stage lengths, in optimiser steps
+    clebs_steps: int = 150  # stage 0 (paper: 60k)
+    rec_steps: int = 1750  # stage 1 (paper: 300k); sized so that `make train` stays under 10 min on the 2-core CPU
+    adv_steps: int = 20  # stage 2 (paper: 10k)
+    # batches (per process: with torchrun the global batch is batch_size * world size)
+    batch_size: int = 8  # reconstruction / adversarial pairs per step (paper: 8)
+    clebs_clips: int = 4  # clips per CLeBS step
+    clebs_negatives: int = 8  # K negatives per anchor, from the same clip (paper: 32)
+    # optimisers
+    lr: float = 1e-3  # generator Adam (paper: 1e-4, kept by the paper preset; tiny trains few steps, so 10x)
+    clebs_lr: float = 1e-3  # CLeBS Adam (paper: 1e-4; likewise 10x for tiny)
+    d_lr: float = 1e-5  # discriminator Adam (paper: 1e-5)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas (paper: not stated; PyTorch's default)
+    adv_weight: float = 0.01  # weight of L_adv in stage 2 (paper: 0.01)
+    lpips_weight: float = 1.0  # weight of each LPIPS term in L_rec (paper: 1)
+    # Lazy LPIPS: the two LPIPS terms join L_rec on every N-th generator step only (paper: every step, N = 1).
+    # On the tiny preset an LPIPS step costs ~0.45 s more than a plain ~0.23 s CPU step, so tiny applies it every
+    # 32nd step (every 8th, 16th or never gave the same PSNR per step; the time saved buys more steps).
+    lpips_every: int = 32
+    r1_gamma: float = 1.0  # R1 penalty weight (EG3D FFHQ uses 1)
+    r1_every: int = 16  # lazy R1: applied every N discriminator steps, scaled by N (StyleGAN2)
+    # Weight EMA of the model (EG3D's G_ema; export3d.training.weight_ema), used for samples and metrics.json.
+    # Half-life in images, capped at ema_rampup * images seen (EG3D: batch * 10 / 32 kimg = 2.5k images at batch 8;
+    # ramp-up 0.05, its training loop's default). Tiny: 200 images = 25 steps, ramp-up 0.5 (measured: +0.16 to +0.45 dB
+    # held-out PSNR over the trained weights at 800-1600 steps; half-lives of 50 / 100 / 200 steps gave less).
+    # 0: no EMA.
+    ema_half_life_images: float = 200.0
+    ema_rampup: float | None = 0.5
+    # synthetic data size (ignored for folders)
+    train_identities: int = 32  # tiny: 32 x 2 x 16 = 1024 frames, ray-cast once and cached (~30 s on 2 cores)
+    test_identities: int = 16
+    clips_per_identity: int = 2
+    frames_per_clip: int = 16
+    fps: float = 5.0  # synthetic clip frame rate: 16 frames span 3.2 s of motion (at 25 fps, 0.64 s barely moves)
+    cache_frames: int = 4096  # keep up to this many rendered training frames in memory (0: render every time)
+    # evaluation at the end of training
+    eval_pairs: int = 64  # same-identity pairs and cross-identity triples from the test identities
+    # run
+    device: str | None = None  # None: CUDA when available, else CPU
+    impl: str = "fast"  # model impl: "reference" | "fast"
+    compile: bool = False  # torch.compile the model body
+    amp: bool = False  # bf16 autocast (CUDA only)
+    seed: int = 0
+    resume: str | None = None  # a run folder (or checkpoint) to continue from
+    vgg_weights: str | None = None  # torchvision VGG16 weights for LPIPS (else the torch hub cache, else random)
+    workers: int = 0  # DataLoader worker processes
+    threads: int | None = None  # torch intra-op threads (None: PyTorch's default, one per core)
+    log_every: int = 10
+    sample_every: int = 100
+    ckpt_every: int = 100
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume checks on CPU)
+    stop_after: int | None = None  # stop (with a checkpoint, before evaluation) once this many steps are done
+    expression_encoder: str = "clebs"  # "clebs" | "lebs" | "direct" (EXPRESSION_ENCODERS; Table 3 ablation)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.preset in PRESETS, f"--preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"),
+            (self.impl in IMPLS, f"--impl must be one of {IMPLS}, got {self.impl!r}"),
+            (self.expression_encoder in EXPRESSION_ENCODERS,
+             f"--expression-encoder must be one of {EXPRESSION_ENCODERS}, got {self.expression_encoder!r}"),
+            (min(self.clebs_steps, self.rec_steps, self.adv_steps) >= 0, "step counts must be >= 0"),
+            (self.batch_size >= 1 and self.clebs_clips >= 1, "--batch-size and --clebs-clips must be >= 1"),
+            (self.clebs_negatives >= 1, "--clebs-negatives must be >= 1"),
+            (self.frames_per_clip > self.clebs_negatives,
+             f"frames_per_clip ({self.frames_per_clip}) must exceed clebs_negatives ({self.clebs_negatives})"),
+            (min(self.lr, self.clebs_lr, self.d_lr) > 0, "learning rates must be > 0"),
+            (min(self.log_every, self.sample_every, self.ckpt_every, self.r1_every, self.lpips_every) >= 1,
+             "intervals (--log-every, --sample-every, --ckpt-every, --lpips-every, r1_every) must be >= 1"),
+            (self.ema_half_life_images >= 0 and (self.ema_rampup is None or self.ema_rampup > 0),
+             "--ema-half-life-images must be >= 0 (0: no weight EMA) and --ema-rampup > 0"),
+            (min(self.eval_pairs, self.workers, self.cache_frames) >= 0,
+             "--eval-pairs, --workers and --cache-frames must be >= 0"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def steps(self, stage: str) -> int:
+        if stage == "clebs" and self.expression_encoder != "clebs":
+            return 0  # only the paper's recipe pre-trains f_e contrastively
+        return {"clebs": self.clebs_steps, "reconstruction": self.rec_steps, "adversarial": self.adv_steps}[stage]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(),
+    "paper": TrainConfig(
+        preset="paper",
+        out="runs/paper",
+        lr=1e-4,
+        clebs_lr=1e-4,
+        clebs_steps=60_000,
+        rec_steps=300_000,
+        adv_steps=10_000,
+        clebs_clips=8,
+        clebs_negatives=32,
+        lpips_every=1,
+        ema_half_life_images=2500.0,
+        ema_rampup=0.05,
+        train_identities=2000,
+        test_identities=50,
+        clips_per_identity=3,
+        frames_per_clip=100,
+        cache_frames=0,  # 600k frames at 256 px do not fit in memory; use DataLoader workers instead
+        eval_pairs=500,
+        log_every=50,
+        sample_every=2000,
+        ckpt_every=5000,
+        workers=4,
+    ),
+}

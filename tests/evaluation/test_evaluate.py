@@ -1,0 +1,222 @@
+"""Evaluation: identity probe, extractor metrics, checkpoint round trip, the CLI end to end, the Table 3 variants."""
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from export3d import Export3D
+from export3d.evaluate import main
+from export3d.evaluation.extractors import ExtractorMetrics
+from export3d.evaluation.loading import load_model, model_config_from_meta
+from export3d.evaluation.metrics import psnr, ssim
+from export3d.evaluation.probe import identity_probe, split_rows
+from export3d.evaluation.scoring import EvalBatch
+from export3d.model.config import preset
+from export3d.model.export3d import DirectExpression
+from export3d.train import main as train_main
+from export3d.training.ablation import _variants, format_ablation
+from export3d.training.config import TrainConfig
+from export3d.utils.checkpoint import CheckpointError, save_checkpoint
+
+SMALL = {"image_size": 32, "render": {"n_coarse": 8, "n_fine": 8}}
+
+
+def write_checkpoint(root, encoder: str = "lebs", seed: int = 0):
+    """A freshly initialised 32 px tiny model saved like export3d.train does, with tiny synthetic test data."""
+    torch.manual_seed(seed)
+    cfg = preset("tiny", expression_encoder=encoder, **SMALL)
+    train_cfg = TrainConfig(out=str(root), train_identities=2, test_identities=3, clips_per_identity=2,
+                            frames_per_clip=4, clebs_negatives=3, eval_pairs=4)  # fmt: skip
+    save_checkpoint(root / "checkpoints", 0, {"model": Export3D(cfg)}, {"step": 0},
+                    meta={"model_config": dataclasses.asdict(cfg), "train_config": train_cfg.to_dict()})  # fmt: skip
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def test_psnr_of_identical_images_is_the_clamp_and_ssim_of_constants_is_the_luminance_term():
+    x = torch.zeros(1, 3, 16, 16)
+    torch.testing.assert_close(psnr(x, x), torch.tensor([120.0]))  # MSE clamped at 1e-12
+    a, b = torch.full((1, 3, 16, 16), 0.0), torch.full((1, 3, 16, 16), -0.5)  # 0.5 and 0.25 on [0, 1]
+    c1 = 0.01**2  # constant images: zero variance, so the contrast-structure term is c2 / c2 = 1
+    expected = (2 * 0.5 * 0.25 + c1) / (0.5**2 + 0.25**2 + c1)
+    torch.testing.assert_close(ssim(a, b), torch.tensor([expected]))
+
+
+def _blobs(n_ids: int, per_id: int, dim: int, spread: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_ids, dim, generator=g) * 3
+    y = torch.arange(n_ids).repeat_interleave(per_id)
+    return centres[y] + spread * torch.randn(len(y), dim, generator=g), y
+
+
+@pytest.mark.parametrize("method", ["ridge", "logistic"])
+def test_identity_probe_separable_and_non_separable(method):
+    x, y = _blobs(6, 20, 8, 0.1, seed=0)  # well-separated clusters: a linear probe is perfect
+    fit = torch.arange(len(y)) % 2 == 0
+    r = identity_probe(x[fit], y[fit], x[~fit], y[~fit], method)
+    assert r.accuracy == 1.0 and r.chance == pytest.approx(1 / 6) and r.identities == 6 and r.features == 8
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(600, 8, generator=g)  # codes independent of the identity: chance level
+    y = torch.arange(600) % 4
+    r = identity_probe(noise[:300], y[:300], noise[300:], y[300:], method)
+    assert abs(r.accuracy - 0.25) < 0.1
+    xor = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]]).repeat(10, 1)  # XOR: not linearly separable
+    y = torch.tensor([0, 0, 1, 1]).repeat(10)
+    assert identity_probe(xor, y, xor, y, method).accuracy <= 0.75
+
+
+def test_identity_probe_split_and_errors():
+    identity = torch.tensor([7, 7, 7, 7, 9, 9, 9, 9])
+    clip = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])  # identity 7 has two clips, identity 9 one
+    frame = torch.tensor([0, 1, 0, 1, 0, 1, 2, 3])
+    fit, test = split_rows(identity, clip, frame)
+    assert fit.tolist() == [True, True, False, False, True, False, True, False] and (fit ^ test).all()
+    with pytest.raises(ValueError, match="held-out identities \\[3\\] have no fitting rows"):
+        identity_probe(torch.zeros(2, 3), torch.tensor([1, 2]), torch.zeros(1, 3), torch.tensor([3]))
+    with pytest.raises(ValueError, match="method must be one of"):
+        identity_probe(torch.zeros(2, 3), torch.tensor([1, 2]), torch.zeros(1, 3), torch.tensor([1]), "svm")
+
+
+def test_extractor_metrics_against_hand_computed_values():
+    mean = lambda x: x.mean((1, 2, 3))  # noqa: E731
+    extractors = {"landmarks": lambda x: mean(x)[:, None, None].expand(-1, 68, 2),  # every point at (m, m)
+                  "identity": lambda x: torch.stack([mean(x), torch.ones_like(mean(x))], 1),  # (m, 1)
+                  "3dmm": lambda x: mean(x)[:, None].expand(-1, 70)}  # fmt: skip
+    metrics = ExtractorMetrics(extractors, {})
+    source, driving, pred = (torch.full((1, 3, 4, 4), v) for v in (0.0, 0.5, 1.0))
+    batch = EvalBatch(source, driving, torch.zeros(1, 64), torch.zeros(1, 25), driving)
+    metrics.update("same_identity", batch, {"model": pred, "copy_source": source})
+    got = metrics.results("same_identity", "model")
+    assert got["akd"] == pytest.approx(0.5 * math.sqrt(2))  # |(1, 1) - (0.5, 0.5)| per point
+    assert got["csim"] == pytest.approx(1 / math.sqrt(2))  # cos((1, 1), (0, 1))
+    assert got["aed"] == pytest.approx(0.5) and got["apd"] == pytest.approx(0.5)
+    assert metrics.results("same_identity", "copy_source")["csim"] == pytest.approx(1.0)
+    missing = ExtractorMetrics({"landmarks": None, "identity": None, "3dmm": None}, {"identity": "no weights"})
+    assert missing.results("cross_identity", "model")["csim"] == "not run: no weights"
+    assert "akd" not in missing.results("cross_identity", "model")  # AKD is same-identity only (paper Table 1)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints + CLI
+def test_model_config_round_trip_and_old_meta():
+    cfg = preset("tiny", expression_encoder="direct", **SMALL)
+    assert model_config_from_meta({"model_config": dataclasses.asdict(cfg)}, "x") == cfg
+    old = dataclasses.asdict(preset("tiny"))
+    del old["expression_encoder"]  # a checkpoint written before the field existed
+    assert model_config_from_meta({"model_config": old}, "x").expression_encoder == "lebs"
+    with pytest.raises(CheckpointError, match="no 'model_config'"):
+        model_config_from_meta({}, "x")
+
+
+def test_load_model_prefers_the_weight_ema(tmp_path):
+    cfg = preset("tiny", **SMALL)
+    torch.manual_seed(0)
+    trained, averaged = Export3D(cfg), Export3D(cfg)  # two different initialisations stand in for the two sets
+    meta = {"model_config": dataclasses.asdict(cfg)}
+    save_checkpoint(tmp_path / "both" / "checkpoints", 5, {"model": trained, "model_ema": averaged}, {}, meta=meta)
+    save_checkpoint(tmp_path / "plain" / "checkpoints", 5, {"model": trained}, {}, meta=meta)
+    key = "generator.head.weight"
+    for run, use_ema, expected, source in [("both", True, "model_ema", averaged), ("both", False, "model", trained),
+                                           ("plain", True, "model", trained)]:  # fmt: skip
+        model, got_meta, _ = load_model(tmp_path / run, use_ema=use_ema)
+        assert got_meta["weights"] == expected
+        assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    assert not torch.equal(trained.state_dict()[key], averaged.state_dict()[key])
+
+
+def test_evaluate_cli_end_to_end(tmp_path, capsys):
+    run = write_checkpoint(tmp_path / "run")
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8))  # a stand-in, not ArcFace
+    program = torch.export.export(net, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim("B")},))
+    torch.export.save(program, str(tmp_path / "arcface.pt2"))
+    out = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(run), "--json", str(out), "--pairs", "2", "--device", "cpu",
+                 "--identity-weights", str(tmp_path / "arcface.pt2")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Same-identity (2 pairs)" in printed and "Cross-identity (2 pairs)" in printed and "chance 0.333" in printed
+    result = json.loads(out.read_text())
+    for setting in ("same_identity", "cross_identity"):
+        for who in ("model", "copy_source"):
+            block = result[setting][who]
+            assert all(math.isfinite(block[k]) for k in ("psnr", "ssim", "lpips", "csim"))
+            assert block["aed"].startswith("not run: no --3dmm-weights") and block["apd"].startswith("not run")
+    assert result["same_identity"]["model"]["akd"].startswith("not run: no --landmarks-weights")
+    assert result["same_identity"]["copy_source"]["csim"] == pytest.approx(1.0)
+    leak = result["identity_leak"]
+    assert leak["chance"] == pytest.approx(1 / 3) and leak["beta"]["identities"] == 3
+    assert leak["beta"]["accuracy"] > leak["chance"]  # beta leaks identity by construction
+    assert result["extractors"]["landmarks"].startswith("not run")
+
+
+def test_evaluate_cli_errors(tmp_path, capsys):
+    run = write_checkpoint(tmp_path / "run")
+    (tmp_path / "junk.pt2").write_text("not a network")
+    cases = [(["--checkpoint", str(tmp_path / "missing")], "does not exist"),
+             (["--checkpoint", str(run), "--preset", "paper"], r"holds a 'tiny' model \(32 px\), not the requested"),
+             (["--checkpoint", str(run), "--resolution", "64"], "not the requested resolution 64"),
+             (["--checkpoint", str(run), "--landmarks-weights", str(tmp_path / "junk.pt2")],
+              r"--landmarks-weights: .*junk.pt2 is not a torch.export program"),
+             (["--checkpoint", str(run), "--3dmm-weights", str(tmp_path / "nope.pt")], "--3dmm-weights: no file at"),
+             (["--checkpoint", str(run), "--data", str(tmp_path / "nowhere")], "--data: .* is not a folder")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert re.search(message, capsys.readouterr().err), message
+    with pytest.raises(SystemExit):
+        main([])  # neither --checkpoint nor --ablation
+    assert "exactly one of --checkpoint PATH or --ablation" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--variants: unknown variant"):
+        _variants("clebs,e2e")
+
+
+# ----------------------------------------------------------------------------------------------- Table 3 variants
+def test_direct_variant_model():
+    torch.manual_seed(0)
+    model = Export3D.from_preset("tiny", expression_encoder="direct", **SMALL).eval()
+    assert isinstance(model.lebs, DirectExpression) and model.generator.code_dim == 64
+    beta = torch.randn(2, 64)
+    assert torch.equal(model.encode_expression(beta), beta)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 32, 32), beta, torch.zeros(2, 25).index_fill(1, torch.tensor([0, 5, 10, 15]), 1))
+    assert out.image.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="code must have shape \\[1, 64\\].*direct"):
+        model.generate_triplane(torch.zeros(1, 3, 32, 32), torch.zeros(1, 32))
+    with pytest.raises(ValueError, match="expression_encoder must be one of"):
+        preset("tiny", expression_encoder="clebs")
+    with pytest.raises(ValueError, match="--expression-encoder must be one of"):
+        TrainConfig(expression_encoder="direct3dmm")
+
+
+@pytest.mark.parametrize("encoder", ["lebs", "direct"])
+def test_variants_train_a_step(tmp_path, encoder):
+    cfg = TrainConfig(out=str(tmp_path / encoder), expression_encoder=encoder, clebs_steps=3, rec_steps=2, adv_steps=0,
+                      batch_size=2, clebs_clips=2, clebs_negatives=3, train_identities=2, test_identities=2,
+                      clips_per_identity=1, frames_per_clip=4, eval_pairs=0, log_every=1, sample_every=5,
+                      ckpt_every=5, device="cpu")  # fmt: skip
+    assert cfg.steps("clebs") == 0  # no contrastive stage for the ablation variants
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in Export3D(preset("tiny", expression_encoder=encoder)).lebs.state_dict().items()}
+    result = train_main(cfg)
+    assert not result.model.lebs.frozen
+    records = [json.loads(line) for line in (tmp_path / encoder / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"reconstruction"}
+    after = result.model.lebs.state_dict()
+    if encoder == "direct":
+        assert isinstance(result.model.lebs, DirectExpression) and not after
+    else:  # f_e trained jointly with G: every f_e tensor moved (step 1 only wakes the zero-initialised EAdaLN)
+        assert all(not torch.equal(before[k], after[k]) for k in ("fc1.weight", "fc2.weight", "basis_weight"))
+
+
+def test_format_ablation_table():
+    block = {"model": {"psnr": 12.0, "ssim": 0.4, "lpips": 0.2}, "copy_source": {"psnr": 19.0, "ssim": 0.6,
+                                                                                  "lpips": 0.03}, "pairs": 8}
+    leak = {"beta": {"accuracy": 1.0, "identities": 16}, "beta_prime": {"accuracy": 0.5}, "chance": 0.0625,
+            "method": "ridge"}  # fmt: skip
+    table = format_ablation({v: {"same_identity": block, "cross_identity": block, "identity_leak": leak}
+                             for v in ("direct", "lebs", "clebs")})  # fmt: skip
+    lines = table.splitlines()
+    assert [line.split("|")[0].strip() for line in lines[3:7]] == ["Direct 3DMM", "E2E LeBS (n=10)", "Full (CLeBS)",
+                                                                   "Copy source"]  # fmt: skip
+    assert "chance 0.062" in lines[0] and "0.500  (beta')" in lines[5] and "1.000" in lines[-1]

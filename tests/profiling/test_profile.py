@@ -1,0 +1,86 @@
+"""``python -m export3d.profile``: report structure, stage accounting, trace file and argument errors (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from export3d import profile
+from export3d.profiling import stages
+
+
+def _check_section(part: dict, names: tuple[str, ...]) -> None:
+    assert [r["name"] for r in part["stages"]] == list(names)
+    for r in part["stages"]:
+        assert r["time_s"] >= 0.0 and r["share"] >= 0.0, r
+        assert r["calls"] >= 0 and r["saved_bytes"] >= 0, r
+    assert math.isclose(sum(r["share"] for r in part["stages"]), 1.0, abs_tol=1e-6)
+    assert part["total_s"] > 0 and part["wall_s"] > 0
+
+
+def test_profile_tiny_cpu_json_and_trace(tmp_path, capsys):
+    out, trace = tmp_path / "profile.json", tmp_path / "trace.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1",
+            "--threads", "1", "--json", str(out), "--trace", str(trace)]  # fmt: skip
+    assert profile.main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+
+    assert report["preset"] == "tiny" and report["device"] == "cpu" and report["batch"] == 2
+    _check_section(report["training_step"], profile.TRAIN_STAGES)
+    _check_section(report["inference_frame"], profile.INFERENCE_STAGES)
+    stages = {r["name"]: r for r in report["training_step"]["stages"]}
+    for name in ("expression encoder", "tri-plane sampling", "decoder MLP", "compositing", "super-resolution",
+                 "discriminator", "losses", "backward", "optimiser"):  # fmt: skip
+        assert stages[name]["calls"] >= 1 and stages[name]["time_s"] > 0, name
+    assert stages["tri-plane sampling"]["calls"] == 2  # coarse + fine pass
+    assert stages["discriminator"]["calls"] == 3  # fake for G's adversarial term, then real + fake for D
+    split = report["training_step"]["backward_split"]
+    assert split["losses_and_discriminator_s"] >= 0 and split["generator_s"] >= 0
+
+    assert report["attention_backend"] == "sdpa"  # impl="fast" on CPU tensors
+    assert "attention backend: sdpa" in printed
+    if not torch.cuda.is_available():
+        assert report["nvml"]["state"] in (profile.NVML_NO_GPU, "not sampled (--device cpu)")
+    if report["nvml"]["state"] == profile.NVML_NO_GPU:
+        assert "NVML: no GPU" in printed
+
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"training step", "inference frame", "tri-plane sampling", "backward"} <= names
+
+
+def test_reference_impl_reports_math_attention():
+    opts = profile.ProfileOptions(preset="tiny", device="cpu", impl="reference", batch=1, steps=1, warmup=0)
+    report = profile.run(opts)
+    assert report["attention_backend"] == "math"
+    _check_section(report["inference_frame"], profile.INFERENCE_STAGES)
+
+
+def test_stage_times_are_exclusive(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 10.0])  # parent starts, child starts, child ends, parent ends
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(clock)
+
+    monkeypatch.setattr(stages, "time", FakeTime)
+    timer = profile.StageTimer(cuda=False)
+    with timer.stage("renderer"), timer.stage("tri-plane sampling"):
+        pass
+    assert timer.stats["tri-plane sampling"].time_s == 2.0
+    assert timer.stats["renderer"].time_s == 8.0  # 10 s inclusive minus the nested 2 s
+
+
+def test_cli_errors_name_the_argument(capsys):
+    with pytest.raises(SystemExit):
+        profile.parse_args(["--batch", "0"])
+    assert "--batch must be >= 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            profile.parse_args(["--device", "cuda"])
+        assert "--device cuda: CUDA is not available" in capsys.readouterr().err
