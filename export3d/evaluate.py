@@ -25,6 +25,7 @@ from export3d.evaluation.metrics import build_lpips
 from export3d.evaluation.probe import PROBES, identity_leak
 from export3d.evaluation.scoring import evaluate
 from export3d.model.config import PRESETS
+from export3d.training import ablation
 from export3d.utils.checkpoint import CheckpointError, atomic_write_json
 from export3d.utils.distributed import resolve_device
 
@@ -110,8 +111,6 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export3d.training import ablation
-
     p = argparse.ArgumentParser(prog="python -m export3d.evaluate", description=__doc__.splitlines()[0],
                                 epilog=__doc__.split("\n\n", 1)[1] + "\n" + extractors.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -143,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pairs must be >= 1")
     if args.ablation == (args.checkpoint is not None):
         parser.error("give exactly one of --checkpoint PATH or --ablation")
+    stray = [f"--{k.replace('_', '-')}" for k in ablation.ABLATION_ONLY if getattr(args, k) not in (None, False)]
+    if not args.ablation and stray:
+        parser.error(f"{', '.join(stray)} only apply with --ablation")
     try:
         if args.ablation:
-            from export3d.training import ablation
-
             ablation.run(args)
         else:
             run_checkpoint(args)

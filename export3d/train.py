@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
              "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
              "train_identities": int, "test_identities": int, "clips_per_identity": int,
              "frames_per_clip": int, "stop_after": int, "cache_frames": int,
-             "threads": int, "fps": float, "expression_encoder": str,
+             "threads": int, "fps": float, "expression_encoder": str, "n_basis": int, "conditioning": str,
              "ema_half_life_images": float, "ema_rampup": float}  # fmt: skip
     for name, kind in flags.items():
         assert name in fields, name

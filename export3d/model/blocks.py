@@ -138,6 +138,43 @@ class EfficientSelfAttention(nn.Module):
         return f"heads={self.heads}, sr_ratio={self.sr_ratio}, attention_backend={self.attention_backend!r}"
 
 
+class CodeCrossAttention(nn.Module):
+    """Cross-attention from the tokens to an expression code (the Table 4 ablation's conditioning).
+
+    The paper replaces EAdaLN with "cross-attention blocks" without saying how the code ``[B, d]`` becomes
+    keys and values. Here one Linear maps it to ``tokens`` tokens of the block's width ``[B, T, D]`` (each token
+    its own projection of the whole code), which are layer-normalised and projected to keys and values; the
+    queries come from the normalised image tokens. The output projection starts at zero, so at
+    initialisation the block ignores the code, as an EAdaLN block with its zero-initialised modulation does.
+    """
+
+    def __init__(self, dim: int, cond_dim: int, heads: int, tokens: int, attention_backend: str = "auto"):
+        super().__init__()
+        self.heads, self.tokens, self.attention_backend = heads, tokens, attention_backend
+        self.to_tokens = nn.Linear(cond_dim, tokens * dim)
+        self.token_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def initialize_weights(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x ``[B, L, D]``, cond ``[B, cond_dim]`` -> ``[B, L, D]``."""
+        B, L, D = x.shape
+        h, dh, T = self.heads, D // self.heads, self.tokens
+        ctx = self.token_norm(self.to_tokens(cond.to(x.dtype)).view(B, T, D))  # [B, T, D]
+        q = self.q(x).view(B, L, h, dh).transpose(1, 2)  # [B, h, L, dh]
+        kv = self.kv(ctx).view(B, T, 2, h, dh).permute(2, 0, 3, 1, 4)  # [2, B, h, T, dh]
+        out = attention(q, kv[0], kv[1], self.attention_backend)  # [B, h, L, dh]
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, tokens={self.tokens}"
+
+
 class MixFFN(nn.Module):
     """SegFormer Mix-FFN: ``fc1 - depthwise conv3x3 - GELU - fc2``."""
 
@@ -157,7 +194,9 @@ class ViTBlock(nn.Module):
     """Pre-norm SegFormer block; with ``cond_dim`` it is the EAdaLN-ViT block of paper Fig. 3.
 
     ``x = x + Attn(N1(x)); x = x + MixFFN(N2(x))`` with ``N = EAdaLN(., beta')`` when conditional and an
-    affine LayerNorm otherwise (paper: "the same, with the exception of EAdaLN").
+    affine LayerNorm otherwise (paper: "the same, with the exception of EAdaLN"). With
+    ``conditioning="cross_attention"`` (paper Table 4) both norms are affine LayerNorms and
+    ``x = x + CrossAttn(N(x), beta')`` runs between self-attention and the Mix-FFN.
     """
 
     def __init__(
@@ -169,10 +208,18 @@ class ViTBlock(nn.Module):
         cond_dim: int | None = None,
         kernel_impl: str = "auto",
         attention_backend: str = "auto",
+        conditioning: str = "eadaln",
+        cross_attention_tokens: int = 4,
     ):
         super().__init__()
         self.conditional = cond_dim is not None
-        if self.conditional:
+        self.cross = None
+        if self.conditional and conditioning == "cross_attention":
+            self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+            self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+            self.cross = CodeCrossAttention(dim, cond_dim, heads, cross_attention_tokens, attention_backend)
+        elif self.conditional:
             self.norm1 = EAdaLN(dim, cond_dim, impl=kernel_impl)
             self.norm2 = EAdaLN(dim, cond_dim, impl=kernel_impl)
         else:
@@ -182,11 +229,13 @@ class ViTBlock(nn.Module):
         self.ffn = MixFFN(dim, dim * mlp_ratio)
 
     def _norm(self, norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return norm(x, cond) if self.conditional else norm(x)
+        return norm(x, cond) if isinstance(norm, EAdaLN) else norm(x)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], cond: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[B, L, D]``, cond ``[B, cond_dim]`` (conditional blocks only) -> ``[B, L, D]``."""
         if self.conditional and cond is None:
             raise ValueError("ViTBlock: this EAdaLN-ViT block needs cond (beta') of shape [B, cond_dim]")
         x = x + self.attn(self._norm(self.norm1, x, cond), hw)
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), cond)
         return x + self.ffn(self._norm(self.norm2, x, cond), hw)

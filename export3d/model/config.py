@@ -19,6 +19,8 @@ from typing import Any
 IMPLS = ("reference", "fast")  # the whole-model switch of DESIGN.md section 5
 EXPRESSION_ENCODERS = ("lebs", "direct")  # f_e = LeBS (paper) | "direct": beta itself conditions G (Table 3 ablation)
 KERNEL_IMPLS = ("auto", "triton", "reference")  # export3d.kernels dispatch, see kernels/utils.py
+# How the expression code enters the conditional ViT blocks: "eadaln" (paper) or "cross_attention" (Table 4 ablation)
+CONDITIONINGS = ("eadaln", "cross_attention")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class GeneratorConfig:
     # a frontal image spans +-radius * 0.5 / focal = +-0.317 at the pivot (EG3D FFHQ camera: 2.7, 4.2647), the
     # planes +-box_warp / 2 = +-0.5, so the image shrinks by this factor (1.0: no resampling). Our choice.
     source_zoom: float = 0.633
+    # conditioning="cross_attention" only (paper Table 4; the paper does not say how the code is tokenised): each
+    # conditional block maps the code [B, d] by one Linear to this many key/value tokens of the block's width.
+    cross_attention_tokens: int = 4
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,9 @@ class ModelConfig:
     compile: bool = False  # run forward through torch.compile
     # "lebs": beta' = f_e(beta) (paper); "direct": the 64-d beta itself is the EAdaLN condition ("Direct 3DMM")
     expression_encoder: str = "lebs"
+    # "eadaln": the code modulates both pre-norms of each conditional ViT block (paper Eq. 5); "cross_attention":
+    # plain LayerNorms, and a cross-attention sublayer to the code's tokens after self-attention (Table 4 ablation)
+    conditioning: str = "eadaln"
 
     def __post_init__(self) -> None:
         g, r, lebs = self.generator, self.render, self.lebs
@@ -130,6 +138,10 @@ class ModelConfig:
              f"kernel_impl must be None or one of {KERNEL_IMPLS}, got {self.kernel_impl!r}"),
             (self.expression_encoder in EXPRESSION_ENCODERS,
              f"expression_encoder must be one of {EXPRESSION_ENCODERS}, got {self.expression_encoder!r}"),
+            (self.conditioning in CONDITIONINGS,
+             f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}"),
+            (g.cross_attention_tokens >= 1,
+             f"generator.cross_attention_tokens must be >= 1, got {g.cross_attention_tokens}"),
             (H >= 16 and H % 16 == 0, f"image_size must be a positive multiple of 16, got {H}"),
             (len(g.stem_channels) == 3, f"generator.stem_channels needs 3 stages (-> H/8), got {g.stem_channels}"),
             (g.hidden % 4 == 0 and g.stem_channels[-1] == g.hidden // 4,

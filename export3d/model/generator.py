@@ -28,6 +28,7 @@ from torch import nn
 from export3d.kernels import default_lowpass_taps, pixel_shuffle_lowpass
 from export3d.model.blocks import (
     LRELU_SLOPE,
+    CodeCrossAttention,
     ConvBlock,
     DownStage,
     OverlapPatchMerge,
@@ -69,8 +70,10 @@ class TriplaneGenerator(nn.Module):
         widths = (3, *g.stem_channels)
         self.stem = nn.Sequential(*[DownStage(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
         self.patch_merge = OverlapPatchMerge(g.stem_channels[-1], g.hidden)
+        cond = {"cond_dim": config.code_dim, "conditioning": config.conditioning,
+                "cross_attention_tokens": g.cross_attention_tokens}  # fmt: skip
         self.low_blocks = nn.ModuleList(
-            [ViTBlock(g.hidden, sr_ratio=g.low_sr_ratio, cond_dim=config.code_dim, **vit) for _ in range(g.low_blocks)]
+            [ViTBlock(g.hidden, sr_ratio=g.low_sr_ratio, **cond, **vit) for _ in range(g.low_blocks)]
         )
         self.low_norm = nn.LayerNorm(g.hidden, eps=1e-6)
         self.up1 = ConvBlock(g.hidden // 4, g.up_channels[0])
@@ -90,7 +93,8 @@ class TriplaneGenerator(nn.Module):
 
     def initialize_weights(self) -> None:
         """Kaiming (leaky ReLU 0.2) convs, Xavier linears (DiT), unit LayerNorms, zero biases and zero EAdaLN
-        modulation (so beta' has no effect at initialisation); the tri-plane head has unit gain."""
+        modulation or cross-attention output (so beta' has no effect at initialisation); the tri-plane head has
+        unit gain."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=LRELU_SLOPE, nonlinearity="leaky_relu")
@@ -103,8 +107,8 @@ class TriplaneGenerator(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for m in self.modules():  # after the generic pass: the modulation Linears must end at zero
-            if isinstance(m, EAdaLN):
+        for m in self.modules():  # after the generic pass: the modulation / cross-attention outputs start at zero
+            if isinstance(m, (EAdaLN, CodeCrossAttention)):
                 m.initialize_weights()
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(self.head.in_channels))
         self.triplane_ema.zero_()

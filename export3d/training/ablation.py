@@ -1,19 +1,22 @@
-"""The expression-encoding ablation of paper Table 3: ``python -m export3d.evaluate --ablation``.
+"""The paper's ablations in miniature (Tables 3 and 4): ``python -m export3d.evaluate --ablation``.
 
-Trains three variants of the ``tiny`` preset on the built-in synthetic data with the same generator
-budget (same reconstruction / adversarial steps, batch, seed and data), then evaluates each on the
-synthetic test identities and prints them side by side:
+Every variant trains with the default training run's recipe and data (the ``tiny`` preset on the built-in
+synthetic heads), for the same budget, with each of ``--seeds``:
 
-- ``direct``: "Direct 3DMM": the 64-d beta itself conditions the generator's EAdaLN (no LeBS).
-- ``lebs``: "E2E LeBS (n = 10)": f_e trained jointly with the generator, no contrastive pre-training.
-- ``clebs``: "Full (CLeBS)": the default recipe; f_e pre-trained contrastively (extra ``--clebs-steps``,
-  as in the paper, where pre-training precedes the generator's budget), then frozen.
+- ``direct``  "Direct 3DMM": the 64-d beta itself conditions the generator's EAdaLN (no LeBS).
+- ``lebs25``, ``lebs``, ``lebs5``  "E2E LeBS (n = 25 / 10 / 5)": f_e trained jointly with the generator,
+  no contrastive pre-training (paper: "jointly trained with entire model without any pre-training").
+- ``clebs``  "Full (CLeBS)": the default recipe: f_e pre-trained contrastively, then frozen.
+- ``xattn``  "Full, cross-attention" (Table 4): CLeBS, with cross-attention to the code in place of EAdaLN
+  in the generator's conditional blocks (``ModelConfig.conditioning``; the tokenisation is documented in
+  :class:`export3d.model.blocks.CodeCrossAttention`).
 
-Columns: same- and cross-identity PSNR / SSIM / LPIPS (cross-identity against the rendered ground
-truth) and the identity leak of each variant's expression code (held-out accuracy of a linear
-identity probe, chance = 1 / test identities). Runs live in ``--out/<variant>``; a finished run is
-reused, an interrupted one resumed. The defaults were chosen to finish in under 30 minutes on a
-2-core CPU (measured: see the README).
+Each run's own end-of-training evaluation (``metrics.json``: held-out same- and cross-identity PSNR /
+SSIM / LPIPS, model and copy-the-source, weight-EMA model) is collected, plus the identity-leak probe of the
+variant's expression code. The table shows mean +- half the range over seeds (the interval spans every
+seed's value); ``ablation.json`` holds every number per seed. Runs live in ``--out/<variant>/seed<k>``: a
+finished run (``metrics.json`` present) is reused, an interrupted one resumed. On a CPU, ``--jobs`` runs
+train side by side as separate processes, with the cores split between them.
 """
 
 from __future__ import annotations
@@ -21,131 +24,269 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from export3d.evaluation.loading import held_out_source, load_model
-from export3d.evaluation.metrics import build_lpips
 from export3d.evaluation.probe import identity_leak
-from export3d.evaluation.scoring import evaluate
-from export3d.training.config import TRAIN_PRESETS
+from export3d.training.config import TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import main as train_main
 from export3d.utils.checkpoint import atomic_write_json
 from export3d.utils.distributed import resolve_device
 
-VARIANTS = {"direct": "Direct 3DMM", "lebs": "E2E LeBS (n=10)", "clebs": "Full (CLeBS)"}
-DEFAULTS = {"rec_steps": 300, "adv_steps": 0, "clebs_steps": 200}  # measured: ~12 min on an idle 2-core CPU
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    expression_encoder: str  # TrainConfig.expression_encoder: "clebs" | "lebs" | "direct"
+    n_basis: int | None = None  # LeBS n (None: the preset's, 10)
+    conditioning: str = "eadaln"
+
+
+VARIANTS = {
+    "direct": Variant("Direct 3DMM", "direct"),
+    "lebs25": Variant("E2E LeBS (n=25)", "lebs", n_basis=25),
+    "lebs": Variant("E2E LeBS (n=10)", "lebs", n_basis=10),
+    "lebs5": Variant("E2E LeBS (n=5)", "lebs", n_basis=5),
+    "clebs": Variant("Full (CLeBS)", "clebs"),
+    "xattn": Variant("Full, cross-attention", "clebs", conditioning="cross_attention"),
+}
+TINY = TRAIN_PRESETS["tiny"]
+# Budget per run. Reconstruction steps: measured so that 6 variants x 2 seeds finish within an hour on the
+# 2-core CPU (see docs/evaluation.md); the other stages are the tiny recipe's.
+DEFAULTS = {"rec_steps": 1000, "adv_steps": TINY.adv_steps, "clebs_steps": TINY.clebs_steps}
+# --quick: what the test suite runs (seconds per run): a few steps on a small synthetic set
+QUICK = {"rec_steps": 4, "adv_steps": 2, "clebs_steps": 3, "train_identities": 4, "test_identities": 3,
+         "clips_per_identity": 2, "frames_per_clip": 6, "clebs_negatives": 4, "eval_pairs": 4}  # fmt: skip
 METRICS = ("psnr", "ssim", "lpips")
 
 
+# ----------------------------------------------------------------------------------------------- arguments
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("ablation (paper Table 3; uses --pairs, --device, --vgg-weights, --json, --probe too)")
-    g.add_argument("--ablation", action="store_true", help="train and compare the expression-encoding variants")
-    g.add_argument("--out", default="runs/ablation", help="folder for the variants' runs (default: runs/ablation)")
+    g = p.add_argument_group("ablation (paper Tables 3 and 4; also uses --device, --vgg-weights, --json, --probe)")
+    g.add_argument("--ablation", action="store_true", help="train and compare the ablation variants")
+    g.add_argument("--out", help="folder for the variants' runs (default: runs/ablation, runs/ablation-quick)")
     g.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    g.add_argument("--seeds", help="comma-separated training seeds of every variant (default: 0,1; --quick: 0)")
     for name, value in DEFAULTS.items():
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"(default: {value})")
-    g.add_argument("--seed", type=int, default=0, help="training seed and synthetic data seed of every variant")
-    g.add_argument("--threads", type=int, help="torch intra-op threads (default: PyTorch's, one per core)")
+        g.add_argument("--" + name.replace("_", "-"), type=int, help=f"steps per run (default: {value})")
+    g.add_argument("--jobs", type=int, help="runs trained at once, in separate processes (default: 2 on a CPU with "
+                                            ">= 2 cores, else 1 in this process)")  # fmt: skip
+    g.add_argument("--threads", type=int, help="torch threads per run (default: the cores divided by --jobs)")
+    g.add_argument("--quick", action="store_true", help="a few steps on small data, one seed (what the tests run)")
 
 
-def _variants(spec: str) -> list[str]:
+# flags that mean something only with --ablation (evaluate refuses them otherwise)
+ABLATION_ONLY = ("out", "seeds", "rec_steps", "adv_steps", "clebs_steps", "jobs", "threads", "quick")
+
+
+def _names(spec: str, flag: str, allowed=None) -> list[str]:
     names = [v.strip() for v in spec.split(",") if v.strip()]
-    bad = [v for v in names if v not in VARIANTS]
-    if bad or not names:
-        raise ValueError(f"--variants: unknown variant(s) {bad}; choose from {','.join(VARIANTS)}")
+    bad = [v for v in names if allowed is not None and v not in allowed]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"{flag}: {spec!r} must list distinct names from {','.join(allowed or [])}")
     return names
 
 
-def _finished(run: Path, steps: int) -> bool:
-    last = run / "checkpoints" / "last.json"
-    return last.is_file() and json.loads(last.read_text()).get("step") == steps
+@dataclass(frozen=True)
+class Plan:
+    variants: list[str]
+    seeds: list[int]
+    out: Path
+    steps: dict[str, int]
+    data: dict[str, int]  # TrainConfig overrides of --quick (empty otherwise)
+    jobs: int
+    threads: int
 
 
-def train_variant(variant: str, args: argparse.Namespace) -> tuple[Path, float]:
-    """Train one variant (or reuse / resume its run); returns (run folder, training seconds)."""
-    run = Path(args.out) / variant
-    cfg = dataclasses.replace(TRAIN_PRESETS["tiny"], out=str(run), expression_encoder=variant, seed=args.seed,
-                              rec_steps=args.rec_steps, adv_steps=args.adv_steps, clebs_steps=args.clebs_steps,
-                              eval_pairs=0, device=args.device, threads=args.threads, vgg_weights=args.vgg_weights,
-                              sample_every=max(args.rec_steps, args.adv_steps, 1),
-                              ckpt_every=max(args.rec_steps, args.adv_steps, 1))  # fmt: skip
-    if _finished(run, cfg.steps("clebs") + cfg.rec_steps + cfg.adv_steps):
-        print(f"[{variant}] reusing the finished run in {run}")
-        return run, 0.0
-    if (run / "config.json").is_file():
-        cfg = dataclasses.replace(cfg, resume=str(run))
-    print(f"[{variant}] training {VARIANTS[variant]} into {run}", flush=True)
-    t0 = time.perf_counter()
-    train_main(cfg)
-    return run, time.perf_counter() - t0
+def make_plan(args: argparse.Namespace) -> Plan:
+    variants = _names(args.variants, "--variants", VARIANTS)
+    spec = args.seeds or ("0" if args.quick else "0,1")
+    try:
+        seeds = [int(s) for s in _names(spec, "--seeds")]
+    except ValueError as exc:
+        raise ValueError(f"--seeds: {spec!r} must be comma-separated distinct integers") from exc
+    steps = {k: QUICK[k] if args.quick else v for k, v in DEFAULTS.items()}
+    steps.update({k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None})
+    if min(steps.values()) < 0 or steps["rec_steps"] < 1:
+        raise ValueError("--rec-steps must be >= 1 and --adv-steps, --clebs-steps >= 0")
+    cuda = resolve_device(args.device).type == "cuda"
+    cores = os.cpu_count() or 1
+    jobs = args.jobs if args.jobs is not None else (1 if cuda or cores < 2 else 2)
+    threads = args.threads if args.threads is not None else max(1, cores // jobs)
+    if jobs < 1 or threads < 1:
+        raise ValueError(f"--jobs and --threads must be >= 1, got {jobs} and {threads}")
+    out = Path(args.out or ("runs/ablation-quick" if args.quick else "runs/ablation"))
+    data = {k: v for k, v in QUICK.items() if k not in DEFAULTS} if args.quick else {}
+    if args.pairs is not None:
+        data["eval_pairs"] = args.pairs
+    return Plan(variants, seeds, out, steps, data, jobs, threads)
 
 
-def evaluate_variant(run: Path, args: argparse.Namespace, lpips_model, device) -> dict:
-    model, meta, _ = load_model(run, device)
+# ----------------------------------------------------------------------------------------------- runs
+def run_config(plan: Plan, variant: str, seed: int, args: argparse.Namespace) -> TrainConfig:
+    v = VARIANTS[variant]
+    run = plan.out / variant / f"seed{seed}"
+    every = max(plan.steps["rec_steps"], plan.steps["adv_steps"], 1)
+    return dataclasses.replace(TINY, out=str(run), seed=seed, expression_encoder=v.expression_encoder,
+                               n_basis=v.n_basis, conditioning=v.conditioning, device=args.device,
+                               threads=plan.threads, vgg_weights=args.vgg_weights, sample_every=every,
+                               ckpt_every=every, **plan.steps, **plan.data)  # fmt: skip
+
+
+def run_state(cfg: TrainConfig) -> str:
+    """"finished" (metrics.json of the full budget), "partial" (a run folder to resume) or "new"."""
+    out = Path(cfg.out)
+    total = cfg.steps("clebs") + cfg.rec_steps + cfg.adv_steps
+    metrics = out / "metrics.json"
+    if metrics.is_file() and json.loads(metrics.read_text()).get("step") == total:
+        return "finished"
+    return "partial" if (out / "config.json").is_file() else "new"
+
+
+def train_command(cfg: TrainConfig) -> list[str]:
+    """The ``python -m export3d.train`` command line that trains ``cfg`` (resuming when it has a run folder)."""
+    base = dataclasses.asdict(TINY)
+    cmd = [sys.executable, "-m", "export3d.train", "--preset", cfg.preset]
+    for key, value in dataclasses.asdict(cfg).items():
+        if value != base[key] and value is not None and key != "resume":
+            cmd += ["--" + key.replace("_", "-"), str(value)]
+    if run_state(cfg) == "partial":
+        cmd += ["--resume", cfg.out]
+    return cmd
+
+
+def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, float]:
+    """Train every config not yet finished, ``jobs`` at a time; returns the training seconds of each run."""
+    todo = [c for c in configs if run_state(c) != "finished"]
+    seconds = {c.out: 0.0 for c in configs}
+    for c in configs:
+        if c not in todo:
+            print(f"reusing the finished run {c.out}")
+    bar = tqdm(total=len(todo), desc="ablation runs", unit="run", disable=quiet)
+    if jobs == 1:  # in this process: simplest to debug, and what the tests use
+        for c in todo:
+            t0 = time.perf_counter()
+            train_main(dataclasses.replace(c, resume=c.out if run_state(c) == "partial" else None))
+            seconds[c.out] = time.perf_counter() - t0
+            bar.update()
+        bar.close()
+        return seconds
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    queue = list(todo)
+    failed = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            c = queue.pop(0)
+            Path(c.out).mkdir(parents=True, exist_ok=True)
+            log = open(Path(c.out) / "train.out", "a")  # closed when the process ends
+            proc = subprocess.Popen(train_command(c), stdout=log, stderr=subprocess.STDOUT)
+            running[c.out] = (proc, time.perf_counter(), log)
+        time.sleep(1.0)
+        for out, (proc, t0, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[out]
+            seconds[out] = time.perf_counter() - t0
+            if proc.returncode != 0:
+                failed.append(f"{out} (exit {proc.returncode}; see {out}/train.out)")
+            bar.update()
+            bar.set_postfix_str(Path(out).parent.name + "/" + Path(out).name)
+    bar.close()
+    if failed:
+        raise RuntimeError("ablation: training failed for " + ", ".join(failed))
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------- results
+def collect(cfg: TrainConfig, probe: str, device: torch.device) -> dict:
+    """One run's numbers: its end-of-training metrics.json and the identity leak of its expression code."""
+    metrics = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    model, meta, _ = load_model(cfg.out, device)
     source = held_out_source(meta, "synthetic", model.config.image_size)
-    metrics = evaluate(model, source, lpips_model, device, pairs=args.pairs or 64, batch_size=args.batch_size,
-                       seed=args.seed)  # fmt: skip
-    return metrics | {"identity_leak": identity_leak(model, source, args.probe), "step": meta.get("step")}
+    return metrics | {"identity_leak": identity_leak(model, source, probe)}
 
 
-def format_ablation(results: dict[str, dict]) -> str:
-    """One row per variant (and copy-the-source): same / cross-identity metrics and the identity leak."""
-    any_result = next(iter(results.values()))
-    leak = any_result["identity_leak"]
-    cols = "".join(f"{m.upper() + ('↓' if m == 'lpips' else '↑'):>8}" for m in METRICS)
-    head1 = (f"{'':<18} | {'Same-identity (' + str(any_result['same_identity']['pairs']) + ')':<24} | "
-             f"{'Cross-identity (' + str(any_result['cross_identity']['pairs']) + ')':<24} | "
-             f"Identity leak, chance {leak['chance']:.3f}")  # fmt: skip
-    head2 = f"{'Method':<18} | {cols} | {cols} | {'probe acc↓':>10}"
-    lines = [head1, head2, "-" * len(head1)]
+def spread(values: list[float]) -> tuple[float, float]:
+    """(mean, half the range): ``mean +- half`` covers every value."""
+    return sum(values) / len(values), (max(values) - min(values)) / 2
 
-    def row(label: str, same: dict, cross: dict, acc: str) -> str:
-        cells = [" ".join(f"{d[m]:>7.2f}" if m == "psnr" else f"{d[m]:>7.3f}" for m in METRICS) for d in (same, cross)]
-        return f"{label:<18} |  {cells[0]} |  {cells[1]} | {acc:>10}".rstrip()
 
-    for variant, r in results.items():
-        code = "beta" if variant == "direct" else "beta'"
-        acc = f"{r['identity_leak']['beta_prime']['accuracy']:.3f}"
-        lines.append(row(VARIANTS[variant], r["same_identity"]["model"], r["cross_identity"]["model"], acc)
-                     + f"  ({code})")  # fmt: skip
-    lines.append(row("Copy source", any_result["same_identity"]["copy_source"],
-                     any_result["cross_identity"]["copy_source"], ""))  # fmt: skip
-    lines.append(f"identity probe ({leak['method']}) on the raw 3DMM beta: {leak['beta']['accuracy']:.3f}; chance "
-                 f"{leak['chance']:.3f} ({leak['beta']['identities']} test identities)")  # fmt: skip
+def summarise(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Mean and half-range over seeds of every metric of every variant, and of copy-the-source."""
+    out = {}
+    for variant, seeds in per_seed.items():
+        runs = list(seeds.values())
+        row = {f"{s}_{m}": spread([r[s]["model"][m] for r in runs]) for s in ("same_identity", "cross_identity")
+               for m in METRICS}  # fmt: skip
+        row["probe_accuracy"] = spread([r["identity_leak"]["beta_prime"]["accuracy"] for r in runs])
+        out[variant] = row
+    first = next(iter(per_seed.values()))
+    out["copy_source"] = {f"{s}_{m}": spread([r[s]["copy_source"][m] for r in first.values()])
+                          for s in ("same_identity", "cross_identity") for m in METRICS}  # fmt: skip
+    out["copy_source"]["raw_beta_probe_accuracy"] = spread([r["identity_leak"]["beta"]["accuracy"]
+                                                            for r in first.values()])  # fmt: skip
+    return out
+
+
+def _cell(value: tuple[float, float], metric: str) -> str:
+    mean, half = value
+    return f"{mean:.2f}±{half:.2f}" if metric == "psnr" else f"{mean:.3f}±{half:.3f}"
+
+
+def format_ablation(summary: dict[str, dict], seeds: int, pairs: int, chance: float) -> str:
+    arrows = {"psnr": "↑", "ssim": "↑", "lpips": "↓"}
+    widths = {"psnr": 12, "ssim": 13, "lpips": 13}
+    cols = "".join(f"{m.upper() + arrows[m]:>{widths[m]}}" for m in METRICS)
+    head = (f"{'':<22} | {'Same-identity (' + str(pairs) + ' pairs)':<38} | {'Cross-identity':<38} | "
+            f"probe acc↓ (chance {chance:.3f})")  # fmt: skip
+    lines = [head, f"{'Method':<22} | {cols} | {cols} |", "-" * len(head)]
+    for variant, row in summary.items():
+        label = "Copy source" if variant == "copy_source" else VARIANTS[variant].label
+        cells = [" ".join(f"{_cell(row[f'{s}_{m}'], m):>{widths[m] - 1}}" for m in METRICS)
+                 for s in ("same_identity", "cross_identity")]  # fmt: skip
+        acc = row.get("probe_accuracy") or row["raw_beta_probe_accuracy"]
+        code = "raw beta" if variant == "copy_source" else ("beta" if variant == "direct" else "beta'")
+        lines.append(f"{label:<22} |  {cells[0]} |  {cells[1]} | {_cell(acc, 'ssim')} ({code})")
+    lines.append(f"mean ± half the range over {seeds} seed(s); same data, recipe and budget for every variant")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict:
-    variants = _variants(args.variants)
-    if min(args.rec_steps, args.adv_steps, args.clebs_steps) < 0:
-        raise ValueError("--rec-steps, --adv-steps and --clebs-steps must be >= 0")
+    plan = make_plan(args)
     device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    runs = {v: train_variant(v, args) for v in variants}
-    with torch.random.fork_rng():  # the random-VGG fallback is then the same network in every evaluation
-        torch.manual_seed(0)
-        lpips_model, lpips_info = build_lpips(args.vgg_weights)
-    lpips_model.to(device)
-    results = {}
-    for variant, (path, seconds) in runs.items():
-        results[variant] = evaluate_variant(path, args, lpips_model, device) | {"train_seconds": round(seconds, 1)}
-    wall = time.perf_counter() - t_start
-    print(f"\nAblation on the expression encoding (paper Table 3): tiny preset, synthetic data, seed {args.seed}; "
-          f"{args.rec_steps} reconstruction + {args.adv_steps} adversarial steps per variant (CLeBS also "
-          f"{args.clebs_steps} pre-training steps); {lpips_info.describe()}")  # fmt: skip
-    print(format_ablation(results))
-    print("training time: " + ", ".join(f"{v} {r['train_seconds']:.0f} s" for v, r in results.items())
-          + f"; wall time {wall:.0f} s")  # fmt: skip
-    summary = {"variants": results, "rec_steps": args.rec_steps, "adv_steps": args.adv_steps,
-               "clebs_steps": args.clebs_steps, "seed": args.seed, "wall_seconds": round(wall, 1),
-               "lpips_network": dataclasses.asdict(lpips_info)}  # fmt: skip
-    out_json = Path(args.json) if args.json else Path(args.out) / "ablation.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_json, summary)
-    print(f"wrote {out_json}")
-    return summary
+    json_path = Path(args.json) if args.json else plan.out / "ablation.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    if json_path.is_dir() or not os.access(json_path.parent, os.W_OK):
+        raise ValueError(f"--json: cannot write {json_path}")
+    configs = {(v, s): run_config(plan, v, s, args) for v in plan.variants for s in plan.seeds}
+    print(f"ablation: {len(plan.variants)} variants x {len(plan.seeds)} seeds into {plan.out}; per run "
+          f"{plan.steps['clebs_steps']} CLeBS (clebs / xattn only) + {plan.steps['rec_steps']} reconstruction + "
+          f"{plan.steps['adv_steps']} adversarial steps; {plan.jobs} at a time, {plan.threads} thread(s) each")
+    t0 = time.perf_counter()
+    seconds = train_runs(list(configs.values()), plan.jobs, quiet=getattr(args, "quiet", False))
+    torch.set_num_threads(plan.threads * plan.jobs)
+    per_seed: dict[str, dict[int, dict]] = {v: {} for v in plan.variants}
+    for (variant, seed), cfg in configs.items():
+        per_seed[variant][seed] = collect(cfg, args.probe, device) | {"train_seconds": round(seconds[cfg.out], 1)}
+    wall = time.perf_counter() - t0
+    summary = summarise(per_seed)
+    first = per_seed[plan.variants[0]][plan.seeds[0]]
+    print(format_ablation(summary, len(plan.seeds), first["same_identity"]["pairs"],
+                          first["identity_leak"]["chance"]))  # fmt: skip
+    print(f"wall time {wall:.0f} s; LPIPS network: {first['lpips_network']}")
+    result = {"variants": {v: {**dataclasses.asdict(VARIANTS[v]), "seeds": {str(k): r for k, r in per_seed[v].items()}}
+                           for v in plan.variants},
+              "summary": summary, "steps": plan.steps, "data_overrides": plan.data, "seeds": plan.seeds,
+              "jobs": plan.jobs, "threads": plan.threads, "wall_seconds": round(wall, 1)}  # fmt: skip
+    atomic_write_json(json_path, result)
+    print(f"wrote {json_path}")
+    return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from export3d.model.config import IMPLS, PRESETS
+from export3d.model.config import CONDITIONINGS, IMPLS, PRESETS
 
 STAGES = ("clebs", "reconstruction", "adversarial")
 # Expression encoding (paper Table 3): "clebs" = contrastively pre-trained, then frozen f_e (the paper's recipe);
@@ -78,6 +78,8 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume checks on CPU)
     stop_after: int | None = None  # stop (with a checkpoint, before evaluation) once this many steps are done
     expression_encoder: str = "clebs"  # "clebs" | "lebs" | "direct" (EXPRESSION_ENCODERS; Table 3 ablation)
+    n_basis: int | None = None  # LeBS basis size n (None: the model preset's, 10; Table 3 varies 5 / 10 / 25)
+    conditioning: str = "eadaln"  # "eadaln" | "cross_attention" (ModelConfig.conditioning; Table 4 ablation)
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,6 +87,9 @@ class TrainConfig:
             (self.impl in IMPLS, f"--impl must be one of {IMPLS}, got {self.impl!r}"),
             (self.expression_encoder in EXPRESSION_ENCODERS,
              f"--expression-encoder must be one of {EXPRESSION_ENCODERS}, got {self.expression_encoder!r}"),
+            (self.conditioning in CONDITIONINGS,
+             f"--conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}"),
+            (self.n_basis is None or self.n_basis >= 1, f"--n-basis must be >= 1, got {self.n_basis}"),
             (min(self.clebs_steps, self.rec_steps, self.adv_steps) >= 0, "step counts must be >= 0"),
             (self.batch_size >= 1 and self.clebs_clips >= 1, "--batch-size and --clebs-clips must be >= 1"),
             (self.clebs_negatives >= 1, "--clebs-negatives must be >= 1"),
@@ -138,3 +143,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         workers=4,
     ),
 }
+
+
+def model_overrides(cfg: TrainConfig) -> dict:
+    """The :func:`export3d.model.config.preset` overrides that a training config implies."""
+    overrides = {"impl": cfg.impl, "compile": cfg.compile, "conditioning": cfg.conditioning,
+                 "expression_encoder": "direct" if cfg.expression_encoder == "direct" else "lebs"}  # fmt: skip
+    if cfg.n_basis is not None:
+        overrides["lebs"] = {"n_basis": cfg.n_basis}
+    return overrides

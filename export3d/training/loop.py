@@ -33,7 +33,7 @@ from export3d.model import Export3D
 from export3d.model.clebs import CLeBS
 from export3d.model.config import preset
 from export3d.model.discriminator import Discriminator
-from export3d.training.config import STAGES, TrainConfig
+from export3d.training.config import STAGES, TrainConfig, model_overrides
 from export3d.training.losses import (
     discriminator_loss,
     generator_adversarial_loss,
@@ -221,8 +221,7 @@ def main(cfg: TrainConfig) -> TrainResult:
         torch.use_deterministic_algorithms(True)
 
     # data, model, losses, optimisers
-    model_cfg = preset(cfg.preset, impl=cfg.impl, compile=cfg.compile,
-                       expression_encoder="direct" if cfg.expression_encoder == "direct" else "lebs")  # fmt: skip
+    model_cfg = preset(cfg.preset, **model_overrides(cfg))
     train_src, test_src = build_sources(cfg, model_cfg.image_size)
     pairs = ReconstructionPairs(train_src, seed=cfg.seed)
     groups = ContrastiveGroups(train_src, k=cfg.clebs_negatives, groups_per_clip=8, seed=cfg.seed)

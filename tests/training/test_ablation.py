@@ -1,0 +1,136 @@
+"""The ablation variants (paper Tables 3 and 4) and the runner behind ``python -m export3d.evaluate --ablation``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from export3d import Export3D
+from export3d.evaluate import build_parser
+from export3d.model.blocks import CodeCrossAttention
+from export3d.model.config import preset
+from export3d.model.export3d import DirectExpression
+from export3d.training import ablation
+from export3d.training.config import TrainConfig, model_overrides
+from export3d.training.loop import main as train_main
+from tests.model.helpers import SMALL, inputs, perturb_modulation
+
+
+def ablation_args(tmp_path, *extra: str) -> argparse.Namespace:
+    return build_parser().parse_args(["--ablation", "--quick", "--jobs", "1", "--threads", "1", "--device", "cpu",
+                                      "--out", str(tmp_path / "abl"), *extra])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- variants
+@pytest.mark.parametrize("variant", sorted(ablation.VARIANTS))
+def test_every_variant_builds_runs_forward_and_backward(variant):
+    v = ablation.VARIANTS[variant]
+    cfg = TrainConfig(expression_encoder=v.expression_encoder, n_basis=v.n_basis, conditioning=v.conditioning)
+    overrides = model_overrides(cfg) | {k: val for k, val in SMALL.items()}
+    torch.manual_seed(0)
+    model = Export3D(preset("tiny", **overrides)).train()
+    if v.n_basis is not None:
+        assert model.lebs.n_basis == v.n_basis
+    assert isinstance(model.lebs, DirectExpression) == (v.expression_encoder == "direct")
+    crosses = [m for m in model.modules() if isinstance(m, CodeCrossAttention)]
+    assert bool(crosses) == (v.conditioning == "cross_attention")
+    source, beta, camera = inputs(model)
+    out = model(source, beta, camera)
+    out.image.square().mean().backward()
+    grads = [p.grad for p in model.generator.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_cross_attention_starts_blind_to_the_code_and_then_uses_it():
+    torch.manual_seed(0)
+    model = Export3D.from_preset("tiny", conditioning="cross_attention", **SMALL).eval()
+    assert not any(type(m).__name__ == "EAdaLN" for m in model.generator.low_blocks.modules())
+    source, beta, camera = inputs(model)
+    code = model.encode_expression(beta)
+    with torch.no_grad():
+        a = model.generator.generate_raw(source, code)
+        b = model.generator.generate_raw(source, code.flip(0))
+    torch.testing.assert_close(a, b)  # zero-initialised output projection: the code has no effect yet
+    perturb_modulation(model)  # EAdaLN only: must change nothing here
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, CodeCrossAttention):
+                m.proj.weight.copy_(torch.randn(m.proj.weight.shape, generator=g) * 0.05)
+        a = model.generator.generate_raw(source, code)
+        b = model.generator.generate_raw(source, code.flip(0))
+    assert (a - b).abs().max() > 1e-4
+    assert (a[0] - model.generator.generate_raw(source[:1], code[:1])[0]).abs().max() < 1e-5  # no batch mixing
+
+
+def test_bad_variant_settings_are_named():
+    with pytest.raises(ValueError, match="conditioning must be one of"):
+        preset("tiny", conditioning="film")
+    with pytest.raises(ValueError, match="--conditioning must be one of"):
+        TrainConfig(conditioning="film")
+    with pytest.raises(ValueError, match="--n-basis must be >= 1"):
+        TrainConfig(n_basis=0)
+    with pytest.raises(ValueError, match="--variants"):
+        ablation.make_plan(build_parser().parse_args(["--ablation", "--variants", "clebs,e2e"]))
+    with pytest.raises(ValueError, match="--seeds"):
+        ablation.make_plan(build_parser().parse_args(["--ablation", "--seeds", "0,x"]))
+
+
+# ----------------------------------------------------------------------------------------------- runner
+def test_train_command_carries_the_variant_and_resumes(tmp_path):
+    plan = ablation.make_plan(ablation_args(tmp_path, "--variants", "lebs5"))
+    cfg = ablation.run_config(plan, "lebs5", 0, ablation_args(tmp_path))
+    cmd = ablation.train_command(cfg)
+    assert cmd[1:3] == ["-m", "export3d.train"] and "--resume" not in cmd
+    pairs = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert pairs["--expression-encoder"] == "lebs" and pairs["--n-basis"] == "5" and pairs["--rec-steps"] == "4"
+    (tmp_path / "abl" / "lebs5" / "seed0").mkdir(parents=True)
+    (tmp_path / "abl" / "lebs5" / "seed0" / "config.json").write_text("{}")
+    assert ablation.train_command(cfg)[-2:] == ["--resume", cfg.out]
+
+
+def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, capsys):
+    args = ablation_args(tmp_path, "--variants", "direct,xattn")
+    plan = ablation.make_plan(args)
+    interrupted = ablation.run_config(plan, "xattn", 0, args)
+    train_main(dataclasses.replace(interrupted, stop_after=3))  # killed mid-run: a checkpoint, no metrics.json
+    assert ablation.run_state(interrupted) == "partial"
+    first = ablation.run(args)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "reusing" not in out
+    total = 3 + 4 + 2  # CLeBS + reconstruction + adversarial steps of --quick
+    for variant in ("direct", "xattn"):
+        run = first["variants"][variant]["seeds"]["0"]
+        assert run["step"] == (total if variant == "xattn" else total - 3)  # direct has no CLeBS stage
+        assert 0 <= run["identity_leak"]["beta_prime"]["accuracy"] <= 1
+    assert first["variants"]["xattn"]["conditioning"] == "cross_attention"
+    saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert set(saved["summary"]) == {"direct", "xattn", "copy_source"}
+    mean, half = saved["summary"]["direct"]["cross_identity_psnr"]
+    assert half == 0 and mean == saved["variants"]["direct"]["seeds"]["0"]["cross_identity"]["model"]["psnr"]
+
+    again = ablation.run(args)
+    out = capsys.readouterr().out
+    assert out.count("reusing the finished run") == 2 and "resumed from" not in out
+    assert json.dumps(again["summary"]) == json.dumps(first["summary"])
+
+
+def test_summary_is_mean_and_half_range_over_seeds():
+    def run(psnr, acc):
+        block = {"model": {"psnr": psnr, "ssim": 0.5, "lpips": 0.1}, "copy_source": {"psnr": 19.0, "ssim": 0.6,
+                                                                                      "lpips": 0.03}, "pairs": 8}
+        return {"same_identity": block, "cross_identity": block,
+                "identity_leak": {"beta": {"accuracy": 1.0}, "beta_prime": {"accuracy": acc}, "chance": 0.25}}
+
+    summary = ablation.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3)}, "direct": {0: run(20.0, 1.0)}})
+    assert summary["clebs"]["same_identity_psnr"] == (21.5, 0.5)
+    assert summary["clebs"]["probe_accuracy"] == pytest.approx((0.4, 0.1))
+    assert summary["direct"]["cross_identity_ssim"] == (0.5, 0.0)
+    assert summary["copy_source"]["cross_identity_psnr"] == (19.0, 0.0)
+    table = ablation.format_ablation(summary, 2, 8, 0.25).splitlines()
+    assert [line.split("|")[0].strip() for line in table[3:6]] == ["Full (CLeBS)", "Direct 3DMM", "Copy source"]
+    assert "21.50±0.50" in table[3] and "0.400±0.100 (beta')" in table[3] and "(beta)" in table[4]
