@@ -1,6 +1,8 @@
 """Checkpoints: round trip, atomic replacement, pruning and clear errors on damage."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -58,3 +60,103 @@ def test_corrupt_files_are_named(tmp_path):
     (tmp_path / "last.json").write_text(json.dumps({"step": 5, "dir": "step_00000005"}))
     with pytest.raises(CheckpointError, match=r"holds no weights.safetensors"):
         load_checkpoint(tmp_path)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL at one point of a save: nothing after it runs."""
+
+
+def _die(*args, **kwargs):
+    raise _Killed
+
+
+@pytest.mark.parametrize("point", ["os.replace", "atomic_write_json", "shutil.rmtree"])
+def test_kill_during_a_double_save_leaves_a_verifiable_checkpoint(tmp_path, monkeypatch, point):
+    """Issue 13 #2: saving a step twice deleted the old folder before the new one was renamed in."""
+    from export3d.utils import checkpoint
+
+    old, new = _modules(1), _modules(2)
+    save_checkpoint(tmp_path, 4, old, {"step": 4})
+    save_checkpoint(tmp_path, 5, old, {"step": 5, "copy": "old"})
+    target = {"os.replace": (checkpoint.os, "replace"), "atomic_write_json": (checkpoint, "atomic_write_json"),
+              "shutil.rmtree": (checkpoint.shutil, "rmtree")}[point]  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(*target, _die)
+        with pytest.raises(_Killed):
+            save_checkpoint(tmp_path, 5, new, {"step": 5, "copy": "new"})
+    weights, state, folder = load_checkpoint(tmp_path)
+    assert state["step"] == 5 and folder.name.startswith("step_00000005")
+    expected = new if state["copy"] == "new" else old
+    assert state["copy"] == ("new" if point == "shutil.rmtree" else "old")
+    assert torch.equal(weights["head"]["weight"], expected["head"].weight)
+    assert json.loads((tmp_path / "last.json").read_text())["dir"] == folder.name
+    save_checkpoint(tmp_path, 6, new, {"step": 6})  # the next save cleans up what the kill left
+    assert not list(tmp_path.glob("*.tmp-*")) and not list(tmp_path.glob(".*.tmp-*"))
+    assert len(list(tmp_path.glob("step_00000005*"))) == 1
+
+
+def test_double_save_replaces_the_step_and_keeps_one_copy(tmp_path):
+    save_checkpoint(tmp_path, 5, _modules(1), {"step": 5, "copy": "old"})
+    folder = save_checkpoint(tmp_path, 5, _modules(2), {"step": 5, "copy": "new"})
+    _, state, loaded = load_checkpoint(tmp_path)
+    assert state["copy"] == "new" and loaded == folder
+    assert [p.name for p in tmp_path.glob("step_*")] == [folder.name]
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    """Issue 13 #2/#3: a bit-flipped newest checkpoint loaded silently (or never fell back)."""
+    save_checkpoint(tmp_path, 1, _modules(1), {"step": 1})
+    newest = save_checkpoint(tmp_path, 2, _modules(2), {"step": 2})
+    data = bytearray((newest / "weights.safetensors").read_bytes())
+    data[-3] ^= 0x40  # one bit of one weight: safetensors itself cannot notice
+    (newest / "weights.safetensors").write_bytes(bytes(data))
+    weights, state, folder = load_checkpoint(tmp_path)
+    assert state["step"] == 1 and folder.name == "step_00000001"
+    err = capsys.readouterr().err
+    assert "using" in err and "step_00000001" in err and "step_00000002" in err and "sha256" in err
+    with pytest.raises(CheckpointError, match=r"step_00000002/weights.safetensors is corrupt"):
+        load_checkpoint(newest)  # an explicit step folder: exactly that one or an error
+    shutil.rmtree(tmp_path / "step_00000001")
+    with pytest.raises(CheckpointError, match="no checkpoint .* verifies"):
+        load_checkpoint(tmp_path)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_state_file_runs_no_code(tmp_path):
+    """Issue 13 #3: state.pt was read with torch.load(weights_only=False): a crafted file ran a shell command."""
+    folder = save_checkpoint(tmp_path, 1, _modules(1), {"step": 1})
+    for name in ("state.json", "state.safetensors"):
+        (folder / name).unlink()
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.pop("sha256")  # an old-format checkpoint: nothing to verify against
+    (folder / "meta.json").write_text(json.dumps(meta))
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "payload": _Evil(marker)}, folder / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state.pt .*not loaded"):
+        load_checkpoint(folder)
+    assert not marker.exists()
+    torch.save({"step": 1, "rng": torch.get_rng_state(), "pos": (0, 3)}, folder / "state.pt")  # plain old state: fine
+    assert load_checkpoint(folder)[1]["pos"] == (0, 3)
+
+
+def test_training_state_is_tensors_and_json(tmp_path):
+    opt = torch.optim.Adam(_modules(0)["head"].parameters())
+    opt.param_groups[0]["params"][0].grad = torch.ones(1, 3)
+    opt.step()
+    state = {"optim": opt.state_dict(), "positions": {"clebs": (1, 2)}, "rng": [{"torch": torch.get_rng_state()}]}
+    folder = save_checkpoint(tmp_path, 1, _modules(0), state)
+    assert not (folder / "state.pt").exists()
+    json.loads((folder / "state.json").read_text())
+    _, loaded, _ = load_checkpoint(folder)
+    assert loaded["positions"] == {"clebs": (1, 2)} and torch.equal(loaded["rng"][0]["torch"], state["rng"][0]["torch"])
+    assert torch.equal(loaded["optim"]["state"][0]["exp_avg"], state["optim"]["state"][0]["exp_avg"])
+    assert loaded["optim"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    with pytest.raises(TypeError, match="cannot store a object"):
+        save_checkpoint(tmp_path, 2, _modules(0), {"bad": object()})
