@@ -12,37 +12,115 @@ import dataclasses
 import sys
 import time
 
-from export3d.training.config import TRAIN_PRESETS, TrainConfig
+from export3d.model.config import CONDITIONINGS, IMPLS
+from export3d.training import runs
+from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import TrainResult, main, train_generator_step
 from export3d.utils.checkpoint import CheckpointError
 
-__all__ = ["TrainResult", "cli", "main", "parse_args", "train_generator_step"]
+__all__ = ["TrainResult", "build_parser", "cli", "main", "parse_args", "train_generator_step"]
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+HELP = {
+    "data": "'synthetic' or a folder in the on-disk clip format",
+    "out": "output folder, new or empty (default: runs/<preset>-<date>-<time>; with --resume: the resumed run)",
+    "clebs_steps": "stage 0 steps: CLeBS contrastive pre-training",
+    "rec_steps": "stage 1 steps: reconstruction",
+    "adv_steps": "stage 2 steps: reconstruction + adversarial (a resume may make it longer)",
+    "batch_size": "reconstruction / adversarial pairs per step and process",
+    "clebs_clips": "clips per CLeBS step",
+    "clebs_negatives": "negatives per CLeBS anchor",
+    "lr": "generator Adam learning rate",
+    "clebs_lr": "CLeBS Adam learning rate",
+    "d_lr": "discriminator Adam learning rate",
+    "adv_weight": "weight of L_adv in stage 2",
+    "lpips_weight": "weight of each LPIPS term",
+    "lpips_every": "LPIPS joins the loss every N-th generator step",
+    "device": "cpu, cuda, cuda:N (default: CUDA when available, else the CPU)",
+    "impl": "model implementation",
+    "seed": "seed of the data, the initialisation and the batches",
+    "resume": "continue RUN (a run folder or one of its checkpoints) with its own saved settings; only --stop-after, "
+              "--threads, --workers, --device, intervals, --cache-frames, --eval-pairs, --compile, --deterministic "
+              "and a longer --adv-steps may be changed",
+    "vgg_weights": "torchvision VGG16 weights for LPIPS (else the torch hub cache, else a seeded random VGG)",
+    "workers": "DataLoader worker processes",
+    "log_every": "log every N steps",
+    "sample_every": "write a sample grid every N steps",
+    "ckpt_every": "checkpoint every N steps (and at every stage end)",
+    "eval_pairs": "held-out pairs for metrics.json at the end (0: no evaluation)",
+    "train_identities": "synthetic training identities",
+    "test_identities": "synthetic held-out identities",
+    "clips_per_identity": "synthetic clips per identity",
+    "frames_per_clip": "synthetic frames per clip",
+    "stop_after": "stop with a checkpoint after this many steps in all (continue with --resume)",
+    "cache_frames": "keep up to this many training frames in memory (0: render every time)",
+    "threads": "torch intra-op threads (>= 1)",
+    "fps": "synthetic clip frame rate",
+    "expression_encoder": "clebs: pre-trained, frozen f_e (paper); lebs: f_e trained end to end; direct: beta itself",
+    "n_basis": "LeBS basis size n (default: the model preset's, 10)",
+    "conditioning": "how the expression code conditions the generator",
+    "ema_half_life_images": "half-life of the weight EMA in images (0: no EMA)",
+    "ema_rampup": "weight EMA ramp-up",
+    "compile": "torch.compile the model body",
+    "amp": "bf16 autocast (CUDA only)",
+    "deterministic": "torch.use_deterministic_algorithms (bit-exact resume on CPU)",
+}
+CHOICES = {"impl": IMPLS, "expression_encoder": EXPRESSION_ENCODERS, "conditioning": CONDITIONINGS}
+TYPES = {"data": str, "out": str, "clebs_steps": int, "rec_steps": int, "adv_steps": int, "batch_size": int,
+         "clebs_clips": int, "clebs_negatives": int, "lr": float, "clebs_lr": float, "d_lr": float, "adv_weight": float,
+         "lpips_weight": float, "lpips_every": int, "device": str, "impl": str, "seed": int, "resume": str,
+         "vgg_weights": str, "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int,
+         "eval_pairs": int, "train_identities": int, "test_identities": int, "clips_per_identity": int,
+         "frames_per_clip": int, "stop_after": int, "cache_frames": int, "threads": int, "fps": float,
+         "expression_encoder": str, "n_basis": int, "conditioning": str, "ema_half_life_images": float,
+         "ema_rampup": float}  # fmt: skip
+SWITCHES = ("compile", "amp", "deterministic")
+
+
+def _defaults(name: str) -> str:
+    values = {p: getattr(c, name) for p, c in sorted(TRAIN_PRESETS.items())}
+    if name in ("out", "device", "resume", "vgg_weights", "threads", "stop_after", "n_basis"):
+        return ""
+    if len(set(map(str, values.values()))) == 1:
+        return f" (default: {next(iter(values.values()))})"
+    return " (" + "; ".join(f"{p}: {v}" for p, v in values.items()) + ")"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export3d.train", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="tiny", help="model + recipe preset")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    flags = {"data": str, "out": str, "clebs_steps": int, "rec_steps": int, "adv_steps": int, "batch_size": int,
-             "clebs_clips": int, "clebs_negatives": int, "lr": float, "clebs_lr": float, "d_lr": float,
-             "adv_weight": float, "lpips_weight": float, "lpips_every": int, "device": str, "impl": str, "seed": int,
-             "resume": str, "vgg_weights": str,
-             "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int, "eval_pairs": int,
-             "train_identities": int, "test_identities": int, "clips_per_identity": int,
-             "frames_per_clip": int, "stop_after": int, "cache_frames": int,
-             "threads": int, "fps": float, "expression_encoder": str, "n_basis": int, "conditioning": str,
-             "ema_half_life_images": float, "ema_rampup": float}  # fmt: skip
-    for name, kind in flags.items():
-        assert name in fields, name
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"(default: preset's {name})")
-    for name in ("compile", "amp", "deterministic"):
-        p.add_argument("--" + name, action="store_true", default=None)
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=None,
+                   help="model + recipe preset (default: tiny; with --resume: the run's)")  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, kind in TYPES.items():
+        assert name in fields and name in HELP, name
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=CHOICES.get(name),
+                       help=HELP[name] + _defaults(name))  # fmt: skip
+    for name in SWITCHES:
+        p.add_argument("--" + name, action="store_true", default=None, help=HELP[name])
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Flags -> TrainConfig. With --resume, the run's saved settings are the base and the flags given override
+    them (``main`` then refuses any override that a resumed run may not take)."""
+    p = build_parser()
     args = vars(p.parse_args(argv))
-    base = TRAIN_PRESETS[args.pop("preset")]
     overrides = {k: v for k, v in args.items() if v is not None}
-    if "resume" in overrides and "out" not in overrides:
-        overrides["out"] = overrides["resume"]  # continue writing into the resumed run
+    if "resume" in overrides:
+        overrides.setdefault("out", overrides["resume"])  # continue writing into the resumed run
+        try:
+            settings = runs.saved_settings(runs.run_folder(overrides["resume"]))
+        except CheckpointError:
+            settings = None  # main() reports the problem (and writes nothing)
+        if settings is not None:
+            try:
+                # where it stops is not a setting of the run: a run stopped by --stop-after continues to the end
+                kept = {k: v for k, v in settings.items() if k not in ("stop_after", "resume", "out")}
+                return runs.config_from_settings(kept, **overrides)
+            except (ValueError, TypeError) as exc:
+                p.error(str(exc))
+    base = TRAIN_PRESETS[overrides.pop("preset", "tiny")]
     overrides.setdefault("out", f"runs/{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}")  # a fresh folder per run
     try:
         return dataclasses.replace(base, **overrides)
@@ -59,6 +137,9 @@ def cli(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
         print(f"export3d.train: error: {exc}", file=sys.stderr)
         return 2
+    except runs.TrainingDiverged as exc:
+        print(f"export3d.train: error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

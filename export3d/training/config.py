@@ -100,6 +100,8 @@ class TrainConfig:
              "intervals (--log-every, --sample-every, --ckpt-every, --lpips-every, r1_every) must be >= 1"),
             (self.ema_half_life_images >= 0 and (self.ema_rampup is None or self.ema_rampup > 0),
              "--ema-half-life-images must be >= 0 (0: no weight EMA) and --ema-rampup > 0"),
+            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
+            (self.stop_after is None or self.stop_after >= 1, f"--stop-after must be >= 1, got {self.stop_after}"),
             (min(self.eval_pairs, self.workers, self.cache_frames) >= 0,
              "--eval-pairs, --workers and --cache-frames must be >= 0"),
         ]  # fmt: skip

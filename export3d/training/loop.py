@@ -33,6 +33,7 @@ from export3d.model import Export3D
 from export3d.model.clebs import CLeBS
 from export3d.model.config import preset
 from export3d.model.discriminator import Discriminator
+from export3d.training import runs
 from export3d.training.config import STAGES, TrainConfig, model_overrides
 from export3d.training.losses import (
     discriminator_loss,
@@ -114,16 +115,6 @@ def build_sources(cfg: TrainConfig, resolution: int):
     if not train.clips:
         raise ValueError(f"--data: {folder}/manifest.json lists no clips with split 'train'")
     return train, (test if test.clips else train)
-
-
-def prepare_output(cfg: TrainConfig, out: Path, dist: DistInfo) -> None:
-    """Refuse to overwrite another run; write config.json for a new one."""
-    if cfg.resume is None and (out / "config.json").exists():
-        raise FileExistsError(f"--out: {out} already holds a run (config.json); pass --resume {out} to "
-                              "continue it, or choose another --out")  # fmt: skip
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", cfg.to_dict())
 
 
 def gather_rng(dist: DistInfo) -> list[dict]:
@@ -213,7 +204,13 @@ def main(cfg: TrainConfig) -> TrainResult:
     if cfg.amp and device.type != "cuda":
         raise ValueError(f"--amp runs bf16 autocast on CUDA; this run is on {device}")
     out = Path(cfg.out)
-    prepare_output(cfg, out, dist)
+    run = resume_from = None
+    if cfg.resume is not None:  # every check before anything is written
+        run = runs.run_folder(cfg.resume)
+        runs.check_resume(cfg, run, runs.saved_settings(run))
+        resume_from = cfg.resume if runs.has_checkpoint(run) else None
+    if run is None or out.resolve() != run.resolve():
+        runs.check_new_output(out)
     torch.manual_seed(cfg.seed * 1000 + dist.rank)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -241,15 +238,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     optimisers = {"clebs": opt_c, "generator": opt_g, "discriminator": opt_d}
     state = {"stage": STAGES[0], "stage_step": 0, "step": 0, "positions": {}}
 
-    if cfg.resume is not None:
-        weights, saved, folder = load_checkpoint(cfg.resume)
-        saved_preset = saved.get("config", {}).get("preset")
-        if saved_preset != cfg.preset:
-            raise CheckpointError(f"--resume: {folder} was trained with preset {saved_preset!r}, not {cfg.preset!r}")
-        saved_encoder = saved.get("config", {}).get("expression_encoder", "clebs")
-        if saved_encoder != cfg.expression_encoder:
-            raise CheckpointError(f"--resume: {folder} was trained with --expression-encoder {saved_encoder}, "
-                                  f"not {cfg.expression_encoder}")  # fmt: skip
+    if resume_from is not None:
+        weights, saved, folder = load_checkpoint(resume_from)
         for name, module in modules.items():
             module.load_state_dict(weights[name])
         for name, opt in optimisers.items():
@@ -258,10 +248,19 @@ def main(cfg: TrainConfig) -> TrainResult:
         restore_rng(saved["rng"], dist)
         if dist.is_main:
             print(f"resumed from {folder} at step {state['step']} ({state['stage']} step {state['stage_step']})")
+    elif cfg.resume is not None and dist.is_main:
+        print(f"{run} has no checkpoint yet: starting it again from step 0 with its saved settings")
+    if dist.distributed:
+        torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if dist.is_main:  # the run folder is known to be valid (or new) and everything has been built: write
+        if cfg.resume is not None and resume_from is None and out.resolve() == run.resolve():
+            runs.restart_empty_run(out)
+        runs.truncate_log(out, state["step"])
+        runs.write_config(out, cfg)
     if STAGES.index(state["stage"]) > 0 and cfg.expression_encoder == "clebs":
         model.freeze_expression_encoder()
     ema = WeightEMA(model, cfg.ema_half_life_images, cfg.ema_rampup) if cfg.ema_half_life_images > 0 else None
-    if ema is not None and cfg.resume is not None:
+    if ema is not None and resume_from is not None:
         if "model_ema" in weights:
             ema.module.load_state_dict(weights["model_ema"])
         elif dist.is_main:
@@ -274,12 +273,26 @@ def main(cfg: TrainConfig) -> TrainResult:
     samples = same_identity_batches(test_src, 4, 4, seed=cfg.seed) + cross_identity_batches(test_src, 4, 4, cfg.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
 
+    last_saved = [folder if resume_from is not None else None]
+
     def checkpoint() -> None:
+        for name, module in saved_modules.items():  # never save a diverged state over the last finite one
+            bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+            if bad:
+                diverged(f"{name}.{bad[0]} holds NaN or Inf values", 0)
         payload = {**state, "optimisers": {k: o.state_dict() for k, o in optimisers.items()}, "rng": gather_rng(dist),
                    "config": cfg.to_dict(), "lpips": dataclasses.asdict(lpips_info)}  # fmt: skip
         if dist.is_main:
-            save_checkpoint(out / "checkpoints", state["step"], saved_modules, payload,
-                            meta={"model_config": dataclasses.asdict(model_cfg), "train_config": cfg.to_dict()})
+            last_saved[0] = save_checkpoint(out / "checkpoints", state["step"], saved_modules, payload,
+                                            meta={"model_config": dataclasses.asdict(model_cfg),
+                                                  "train_config": cfg.to_dict()})  # fmt: skip
+
+    def diverged(what: str, ahead: int) -> None:
+        """``ahead``: 1 when the step being taken (not yet counted in ``state``) diverged."""
+        kept = f"the last finite checkpoint is {last_saved[0]}" if last_saved[0] else "no checkpoint was written"
+        raise runs.TrainingDiverged(f"training diverged in step {state['step'] + ahead} ({state['stage']} step "
+                                    f"{state['stage_step'] + ahead}): {what}; it was not saved, {kept}. "
+                                    "Lower --lr / --adv-weight or check the data.")  # fmt: skip
 
     if dist.is_main:
         print(f"export3d.train: preset {cfg.preset}, {cfg.data} data, device {device}, {dist.world_size} process(es); "
@@ -315,6 +328,9 @@ def main(cfg: TrainConfig) -> TrainResult:
                                                 state["stage_step"], autocast)  # fmt: skip
                     average_buffers(model, dist)
                     images = batch["source"].shape[0]
+                bad = runs.non_finite(logs)
+                if bad:
+                    diverged(f"{bad[0]} = {logs[bad[0]]} (logged values: {', '.join(bad)} non-finite)", 1)
                 state["stage_step"] += 1
                 if ema is not None and stage != "clebs":
                     ema.update(model, generator_images(state, cfg, dist), images * dist.world_size)
@@ -349,6 +365,11 @@ def main(cfg: TrainConfig) -> TrainResult:
                 model.lebs.load_state_dict(clebs.lebs.state_dict())
                 model.freeze_expression_encoder()
             checkpoint()
+    except runs.TrainingDiverged:
+        progress.close()
+        logger.close()
+        shutdown(dist)
+        raise
     except KeyboardInterrupt:
         if dist.is_main:
             print(f"\ninterrupted: writing a checkpoint at step {state['step']} before exiting", file=sys.stderr)
@@ -364,6 +385,11 @@ def main(cfg: TrainConfig) -> TrainResult:
                            seed=cfg.seed)  # fmt: skip
         metrics.update(step=state["step"], lpips_network=dataclasses.asdict(lpips_info),
                        weights="model_ema" if averaged is not None else "model")  # fmt: skip
+        metrics, bad = runs.finite_metrics(metrics)
+        if bad:
+            metrics["non_finite"] = bad
+            print(f"WARNING: metrics.json: {', '.join(bad)} came out NaN or infinite and are written as null",
+                  file=sys.stderr)  # fmt: skip
         atomic_write_json(out / "metrics.json", metrics)
         print(format_table(metrics))
     logger.close()

@@ -1,0 +1,94 @@
+"""Resume restores the run's settings, refuses unsafe changes without writing, and training stops on divergence
+(issue 13 #1, #2, #4)."""
+
+import json
+
+import pytest
+
+from export3d.train import cli, main, parse_args
+from export3d.training.runs import TrainingDiverged, write_config
+from export3d.utils.checkpoint import load_checkpoint
+from tests.training.test_train import _cfg
+
+SMALL = ["--clebs-steps", "1", "--rec-steps", "2", "--adv-steps", "1", "--batch-size", "2", "--clebs-clips", "2",
+         "--clebs-negatives", "3", "--train-identities", "3", "--test-identities", "2", "--clips-per-identity", "1",
+         "--frames-per-clip", "6", "--eval-pairs", "0", "--ckpt-every", "1", "--device", "cpu"]  # fmt: skip
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def _steps(run):
+    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_uses_the_runs_settings_and_refuses_unsafe_changes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(["--out", str(run), "--stop-after", "2", "--seed", "3", *SMALL]) == 0
+    before = _snapshot(run)
+    for flags, named in ((["--rec-steps", "7"], "--rec-steps"), (["--preset", "paper"], "--preset"),
+                         (["--lr", "0.5"], "--lr"), (["--data", str(tmp_path)], "--data"),
+                         (["--adv-steps", "0"], "--adv-steps")):  # fmt: skip
+        assert cli(["--resume", str(run), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert f"error: {named}:" in err and "was trained with" in err, err
+        assert _snapshot(run) == before, f"{flags} changed the run folder"
+    cfg = parse_args(["--resume", str(run)])  # the README's `--resume RUN`: no preset or step flags repeated
+    assert (cfg.rec_steps, cfg.seed, cfg.clebs_clips, cfg.stop_after, cfg.out) == (2, 3, 2, None, str(run))
+    assert cli(["--resume", str(run), "--log-every", "1", "--adv-steps", "2"]) == 0  # safe: logging, a longer stage
+    _, state, _ = load_checkpoint(run)
+    assert (state["step"], state["stage"], state["stage_step"]) == (5, "adversarial", 2)
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["rec_steps"], saved["seed"], saved["adv_steps"], saved["log_every"]) == (2, 3, 2, 1)
+
+
+def test_a_failed_resume_writes_nothing(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    assert cli(["--resume", str(missing)]) == 2
+    assert not missing.exists() and "does not exist" in capsys.readouterr().err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    assert cli(["--resume", str(other)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["todo.txt"]
+    assert cli(["--out", str(other), *SMALL]) == 2  # a new run never writes into a folder that holds other files
+    assert "not empty" in capsys.readouterr().err and sorted(p.name for p in other.iterdir()) == ["todo.txt"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_and_logs_are_cut_to_the_resumed_step(tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(run, clebs_steps=1, rec_steps=2, adv_steps=1, eval_pairs=0)
+    write_config(run, cfg)  # what a kill during the first steps leaves: settings, a log, no checkpoint
+    (run / "log.jsonl").write_text('{"step": 1, "stage": "clebs"}\n{"step": 2, "sta')
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        main(cfg)
+    main(_cfg(run, clebs_steps=1, rec_steps=2, adv_steps=1, eval_pairs=0, resume=str(run), stop_after=2))
+    assert _steps(run) == [1, 2]
+    with open(run / "log.jsonl", "a") as f:  # a kill after logging steps 3 and 4 but before their checkpoint
+        f.write('{"step": 3, "stage": "reconstruction"}\n{"step": 4, "stage": "reconstruction"}\n')
+    main(_cfg(run, clebs_steps=1, rec_steps=2, adv_steps=1, eval_pairs=0, resume=str(run)))
+    assert _steps(run) == [1, 2, 3, 4], "each step logged once"
+
+
+def _finite(run):
+    weights, _, folder = load_checkpoint(run)
+    return folder, all(v.isfinite().all() for module in weights.values() for v in module.values()
+                       if v.is_floating_point())  # fmt: skip
+
+
+def test_divergence_stops_with_an_error_and_keeps_the_last_finite_checkpoint(tmp_path, capsys):
+    run = tmp_path / "lr100"
+    assert cli(["--out", str(run), "--lr", "100", *SMALL, "--rec-steps", "6"]) == 3  # issue 13 #4: exited 0
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "last finite checkpoint" in err
+    folder, finite = _finite(run)
+    assert finite and folder.name in err
+    assert not (run / "metrics.json").exists()
+    with pytest.raises(TrainingDiverged, match=r"adversarial step 1\): loss = nan"):
+        main(_cfg(tmp_path / "nan", clebs_steps=1, rec_steps=1, adv_steps=2, eval_pairs=0, adv_weight=float("nan")))
+    folder, finite = _finite(tmp_path / "nan")
+    assert finite
+    steps = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*"))
+    assert steps[-1].startswith("step_00000002"), steps  # the good ones are kept, the NaN step is not saved
