@@ -24,6 +24,7 @@ into ``OUT_frames/`` and a contact sheet ``OUT_sheet.png`` (driving row, if any,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -43,9 +44,11 @@ from export3d.evaluation.animation import (
 from export3d.evaluation.loading import load_model
 from export3d.model import Export3D
 from export3d.model.config import PRESETS
-from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.distributed import resolve_device
 from export3d.utils.images import make_grid, save_png
+from export3d.utils.outputs import check_output_file, check_output_folder, replacing_file, replacing_folder
+
+MAX_VIDEO_SIZE = 4096
 
 
 # ----------------------------------------------------------------------------------------------- driving
@@ -89,12 +92,19 @@ def animate(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out: {out} must end in .mp4 (H.264 video)")
+    size = args.video_size
+    if size is not None and (size % 16 or not 16 <= size <= MAX_VIDEO_SIZE):
+        raise ValueError(f"--video-size: {size} must be a multiple of 16 (H.264 macroblocks) from 16 to "
+                         f"{MAX_VIDEO_SIZE}")  # fmt: skip
+    frames_dir, sheet_path = out.with_name(out.stem + "_frames"), out.with_name(out.stem + "_sheet.png")
+    check_output_file(out, "--out")  # before the model is even loaded: a bad destination fails in a second
+    if args.frames:
+        check_output_folder(frames_dir, "--frames")
+        check_output_file(sheet_path, "--frames")
     device = resolve_device(args.device)
     model, meta, folder = load_model(args.checkpoint, device, args.preset, args.resolution)
     H = model.config.image_size
     size = args.video_size or H
-    if size % 16:
-        raise ValueError(f"--video-size: {size} must be a multiple of 16 (H.264 macroblocks)")
     image, beta, source_label = load_source(args.source, meta, H)
     if beta is None and (args.orbit or args.basis is not None):
         print("note: the source is an image: using the neutral expression beta = 0 (no 3DMM fitter ships here)")
@@ -103,26 +113,28 @@ def animate(args: argparse.Namespace) -> dict:
     T = driving.length
     sheet_idx = sorted({round(i * (T - 1) / max(min(T, 8) - 1, 1)) for i in range(min(T, 8))})
     sheet = {}
-    frames_dir = out.with_name(out.stem + "_frames")
-    out.parent.mkdir(parents=True, exist_ok=True)
     import imageio.v2 as iio
 
-    writer = iio.get_writer(out, format="FFMPEG", mode="I", fps=args.fps, codec="libx264", pixelformat="yuv420p",
-                            macro_block_size=16, quality=8)  # fmt: skip
-    try:
-        index = 0
-        with tqdm(total=T, desc="frames", unit="frame", disable=args.quiet) as bar:
-            for chunk in render_frames(model, image, driving, args.batch_size):
-                for frame in chunk:
-                    writer.append_data(video_frame(frame, size))
-                    if args.frames:
-                        save_png(frame, frames_dir / f"{index:05d}.png")
-                    if index in sheet_idx:
-                        sheet[index] = frame
-                    index += 1
-                bar.update(chunk.shape[0])
-    finally:
-        writer.close()
+    # The video and the frames go to temporary names and replace the destinations only once all is written.
+    with contextlib.ExitStack() as stack:
+        video_tmp = stack.enter_context(replacing_file(out))
+        frames_tmp = stack.enter_context(replacing_folder(frames_dir)) if args.frames else None
+        writer = iio.get_writer(video_tmp, format="FFMPEG", mode="I", fps=args.fps, codec="libx264",
+                                pixelformat="yuv420p", macro_block_size=16, quality=8)  # fmt: skip
+        with contextlib.closing(writer):
+            index = 0
+            with tqdm(total=T, desc="frames", unit="frame", disable=args.quiet) as bar:
+                for chunk in render_frames(model, image, driving, args.batch_size):
+                    for frame in chunk:
+                        writer.append_data(video_frame(frame, size))
+                        if frames_tmp is not None:
+                            save_png(frame, frames_tmp / f"{index:05d}.png")
+                        if index in sheet_idx:
+                            sheet[index] = frame
+                        index += 1
+                    bar.update(chunk.shape[0])
+        if index != T or index == 0:
+            raise RuntimeError(f"--out: rendered {index} of {T} frames; nothing was written")
     result = {"video": str(out), "frames": T, "size": size, "fps": args.fps, "source": source_label,
               "driving": driving.label, "checkpoint": str(folder)}  # fmt: skip
     if args.frames:
@@ -132,7 +144,7 @@ def animate(args: argparse.Namespace) -> dict:
         columns = [torch.stack([*top, image])]
         for i in sheet_idx:
             columns.append(torch.stack(([] if driving.frames is None else [driving.frames[i]]) + [sheet[i]]))
-        result["sheet"] = str(save_png(make_grid(columns), out.with_name(out.stem + "_sheet.png")))
+        result["sheet"] = str(save_png(make_grid(columns), sheet_path))
         result["frames_dir"] = str(frames_dir)
     extra = f"; PNG frames in {frames_dir}/, contact sheet {result['sheet']}" if args.frames else ""
     print(f"wrote {out} ({T} frames, {size}x{size}, {args.fps:g} fps, H.264) from {source_label} driven by "
@@ -159,11 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="--driving: use at most this many frames")
     p.add_argument("--yaw", type=float, default=30.0, help="--orbit: yaw amplitude in degrees (default 30)")
     p.add_argument("--pitch", type=float, default=15.0, help="--orbit: pitch amplitude in degrees (default 15)")
-    p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--video-size", type=int, help="resize video frames to this side (multiple of 16; default: model's)")
+    p.add_argument("--fps", type=float, default=25.0, help="video frame rate (default 25)")
+    p.add_argument("--video-size", type=int, help="resize video frames to this side (a multiple of 16 up to "
+                                                  f"{MAX_VIDEO_SIZE}; default: the model's image size)")  # fmt: skip
     p.add_argument("--frames", action="store_true", help="also write PNG frames and a contact sheet")
     p.add_argument("--batch-size", type=int, default=8, help="frames rendered per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: PyTorch's, one per core)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="fail unless the checkpoint holds this preset")
     p.add_argument("--resolution", type=int, help="fail unless the checkpoint's model has this image size")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -177,9 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--basis K needs --range A B, and --range is only for --basis")
     if min(args.num_frames, args.batch_size) < 1 or args.fps <= 0:
         parser.error("--num-frames and --batch-size must be >= 1 and --fps > 0")
+    for flag, value in (("--max-frames", args.max_frames), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         animate(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:  # CheckpointError is a RuntimeError
         print(f"export3d.animate: error: {exc}", file=sys.stderr)
         return 2
     return 0

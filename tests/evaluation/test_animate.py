@@ -126,3 +126,59 @@ def test_bad_inputs_name_the_problem(run, rgba_image, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--checkpoint", str(run), "--source", img, "--out", str(tmp_path / "y.mp4"), *argv])
     assert not (tmp_path / "y.mp4").exists()
+
+
+def test_bad_destinations_fail_before_the_work_and_say_nothing_was_written(run, rgba_image, tmp_path, capsys):
+    """Issue 13 #5: `--out` a folder or an unwritable path printed "wrote ..." and exited 0."""
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for name in ("folder.mp4", "a_file/sub/out.mp4"):
+        code, _ = _animate(run, tmp_path, "--orbit", "--num-frames", "2", source=rgba_image, name=name)
+        captured = capsys.readouterr()
+        assert code == 2 and "wrote" not in captured.out, name
+        assert "--out:" in captured.err, captured.err
+    assert (tmp_path / "folder.mp4").is_dir() and (tmp_path / "a_file").read_text() == "x"
+
+
+def test_a_failed_animation_keeps_the_earlier_video_and_frames_are_replaced_whole(run, rgba_image, tmp_path,
+                                                                                  monkeypatch, capsys):  # fmt: skip
+    code, out = _animate(run, tmp_path, "--orbit", "--num-frames", "5", "--frames", source=rgba_image)
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    good = out.read_bytes()
+    import export3d.animate as animate_cli
+
+    real = animate_cli.render_frames
+
+    def dies_midway(*args, **kwargs):
+        chunks = real(*args, **kwargs)
+        yield next(chunks)
+        raise RuntimeError("disk full (injected)")
+
+    with monkeypatch.context() as m:
+        m.setattr(animate_cli, "render_frames", dies_midway)
+        code, _ = _animate(run, tmp_path, "--orbit", "--num-frames", "5", "--frames", "--batch-size", "2",
+                           source=rgba_image)  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2 and "injected" in captured.err and "wrote" not in captured.out
+    assert out.read_bytes() == good, "a failed run must not replace the earlier video"
+    assert len(list((tmp_path / "out_frames").glob("*.png"))) == 5
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    code, _ = _animate(run, tmp_path, "--orbit", "--num-frames", "3", "--frames", source=rgba_image)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out_frames").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+BAD_NUMBERS = [(["--max-frames", "-1"], "--max-frames"), (["--max-frames", "0"], "--max-frames"),
+               (["--threads", "0"], "--threads")]  # fmt: skip
+
+
+@pytest.mark.parametrize("flags, named", BAD_NUMBERS)
+def test_bad_numbers_are_refused_by_name(run, rgba_image, tmp_path, capsys, flags, named):
+    """Issue 13 #5: `--max-frames -1` "wrote" 0 frames; a huge --video-size was OOM-killed."""
+    with pytest.raises(SystemExit):
+        _animate(run, tmp_path, "--driving", "synthetic:0", *flags, source=rgba_image)
+    assert named in capsys.readouterr().err
+    code, out = _animate(run, tmp_path, "--orbit", "--video-size", "40000", source=rgba_image)
+    assert code == 2 and "--video-size: 40000 must be a multiple of 16 (H.264 macroblocks) from 16 to 4096" in \
+        capsys.readouterr().err
+    assert not out.exists()
