@@ -28,6 +28,7 @@ from export3d.model.config import PRESETS
 from export3d.training import ablation
 from export3d.utils.checkpoint import CheckpointError, atomic_write_json
 from export3d.utils.distributed import resolve_device
+from export3d.utils.outputs import check_output_file
 
 __all__ = ["format_paper_table", "held_out_source", "identity_leak", "load_model", "main", "model_config_from_meta"]
 
@@ -78,6 +79,8 @@ def format_paper_table(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 def run_checkpoint(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
+    if args.json:
+        check_output_file(args.json, "--json")  # before the evaluation, not after it
     model, meta, folder = load_model(args.checkpoint, device, args.preset, args.resolution,
                                      use_ema=not args.trained_weights)  # fmt: skip
     train_cfg = meta.get("train_config") or {}
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             ablation.run(args)
         else:
             run_checkpoint(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, OSError, CheckpointError) as exc:
         print(f"export3d.evaluate: error: {exc}", file=sys.stderr)
         return 2
     return 0

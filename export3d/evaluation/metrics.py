@@ -103,12 +103,16 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None) -> tuple[nn.Module
         torch.manual_seed(0)
         model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)  # linear heads ship with lpips
     if path is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
-            for name, layer in slice_.named_children():
-                if isinstance(layer, nn.Conv2d):
-                    layer.weight.data.copy_(state[f"features.{name}.weight"])
-                    layer.bias.data.copy_(state[f"features.{name}.bias"])
+        try:  # weights_only: a state_dict of tensors, never arbitrary objects
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
+                for name, layer in slice_.named_children():
+                    if isinstance(layer, nn.Conv2d):
+                        layer.weight.data.copy_(state[f"features.{name}.weight"])
+                        layer.bias.data.copy_(state[f"features.{name}.bias"])
+        except Exception as exc:  # noqa: BLE001 - torch.load and the copies raise many types for a wrong file
+            raise ValueError(f"--vgg-weights: {path} is not torchvision's VGG16 state_dict ({VGG16_FILENAME}): "
+                             f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
         info = LPIPSInfo(True, str(path))
     else:
         info = LPIPSInfo(False, f"no {VGG16_FILENAME} given (--vgg-weights) or in {torch.hub.get_dir()}/checkpoints")

@@ -157,7 +157,12 @@ def test_evaluate_cli_errors(tmp_path, capsys):
              (["--checkpoint", str(run), "--landmarks-weights", str(tmp_path / "junk.pt2")],
               r"--landmarks-weights: .*junk.pt2 is not a torch.export program"),
              (["--checkpoint", str(run), "--3dmm-weights", str(tmp_path / "nope.pt")], "--3dmm-weights: no file at"),
-             (["--checkpoint", str(run), "--data", str(tmp_path / "nowhere")], "--data: .* is not a folder")]
+             (["--checkpoint", str(run), "--data", str(tmp_path / "nowhere")], "--data: .* is not a folder"),
+             # issue 13 #5 / #6: these were found after the whole evaluation, or gave tracebacks
+             (["--checkpoint", str(run), "--json", str(tmp_path)], r"--json: .* is a folder"),
+             (["--checkpoint", str(run), "--json", str(tmp_path / "junk.pt2" / "eval.json")], "--json: cannot create"),
+             (["--checkpoint", str(run), "--vgg-weights", str(tmp_path / "junk.pt2")],
+              r"--vgg-weights: .*junk.pt2 is not torchvision's VGG16")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert re.search(message, capsys.readouterr().err), message
@@ -167,3 +172,6 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(run), "--rec-steps", "5", "--seeds", "1"])  # ablation flags without --ablation
     assert "--seeds, --rec-steps only apply with --ablation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # issue 13 #7: --threads was silently ignored without --ablation
+        main(["--checkpoint", str(run), "--threads", "2"])
+    assert "--threads only apply with --ablation" in capsys.readouterr().err
