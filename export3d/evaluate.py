@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write every number (and every 'not run' reason) to this JSON file")
     p.add_argument("--pairs", type=int, help="same-identity pairs and cross-identity triples (default: the run's "
                                              "eval_pairs)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--trained-weights", action="store_true",
                    help="evaluate the trained weights, not their EMA (model_ema; used when the checkpoint has it)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")

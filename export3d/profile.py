@@ -1,7 +1,7 @@
 """Per-stage time and memory of one training step and one inference frame.
 
-    python -m export3d.profile [--preset tiny|paper] [--device cpu|cuda] [--impl reference|fast] [--compile]
-                               [--batch N] [--steps N] [--warmup N] [--threads N] [--json OUT] [--trace OUT.json]
+    python -m export3d.profile [--preset tiny|paper] [--device cpu|cuda|cuda:N] [--impl reference|fast] [--compile]
+                               [--batch-size N] [--steps N] [--warmup N] [--threads N] [--json OUT] [--trace OUT.json]
 
 The training step is the adversarial stage's generator step of ``export3d.training.loop.train_generator_step``
 (forward, reconstruction loss with LPIPS, ``0.01 * L_adv`` through the frozen discriminator, backward,
@@ -48,15 +48,17 @@ import argparse
 import json
 import math
 import sys
-
-import torch
+from pathlib import Path
 
 from export3d.profiling.nvml import NVML_NO_GPU
 from export3d.profiling.stages import INFERENCE_STAGES, TRAIN_STAGES, StageTimer
 from export3d.profiling.workload import ProfileOptions, run
+from export3d.utils.checkpoint import atomic_write_bytes
+from export3d.utils.distributed import resolve_device
+from export3d.utils.outputs import check_output_file
 
-__all__ = ["INFERENCE_STAGES", "NVML_NO_GPU", "TRAIN_STAGES", "ProfileOptions", "StageTimer", "main", "parse_args",
-           "run"]
+__all__ = ["INFERENCE_STAGES", "NVML_NO_GPU", "TRAIN_STAGES", "ProfileOptions", "StageTimer", "build_parser", "main",
+           "parse_args", "run"]
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -114,25 +116,31 @@ def format_report(report: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None = None) -> ProfileOptions:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export3d.profile", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--impl", choices=("reference", "fast"), default="fast")
+    p.add_argument("--preset", choices=("tiny", "paper"), default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available, else the CPU)")
+    p.add_argument("--impl", choices=("reference", "fast"), default="fast", help="model implementation (default: fast)")
     p.add_argument("--compile", action="store_true", help="torch.compile every profiled unit separately")
-    p.add_argument("--batch", type=int, default=None, help="default: 8 for tiny, 1 for paper")
+    p.add_argument("--batch-size", dest="batch", type=int, default=None, help="(tiny: 8; paper: 1)")
+    p.add_argument("--batch", dest="batch", type=int, help=argparse.SUPPRESS)  # the old name, kept working
     p.add_argument("--steps", type=int, default=None, help="measured steps (default: 3 for tiny, 1 for paper)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights (default: 0)")
     p.add_argument("--json", dest="json_path", default=None, metavar="OUT", help="write the report as JSON")
     p.add_argument("--trace", dest="trace_path", default=None, metavar="OUT.json", help="write a Chrome trace")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> ProfileOptions:
+    p = build_parser()
     a = p.parse_args(argv)
-    if a.device is None:
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif a.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False); use --device cpu")
-    for flag, value, least in (("--batch", a.batch, 1), ("--steps", a.steps, 1), ("--warmup", a.warmup, 0),
+    try:
+        a.device = str(resolve_device(a.device))
+    except ValueError as exc:
+        p.error(str(exc))
+    for flag, value, least in (("--batch-size", a.batch, 1), ("--steps", a.steps, 1), ("--warmup", a.warmup, 0),
                                ("--threads", a.threads, 1)):  # fmt: skip
         if value is not None and value < least:
             p.error(f"{flag} must be >= {least}, got {value}")
@@ -158,11 +166,17 @@ def _finite(obj):
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    try:
+        for flag, path in (("--json", opts.json_path), ("--trace", opts.trace_path)):
+            if path:
+                check_output_file(path, flag)  # before the measurement, not after it
+    except ValueError as exc:
+        print(f"export3d.profile: error: {exc}", file=sys.stderr)
+        return 2
     report = run(opts)
     print(format_report(report), flush=True)
     if opts.json_path:
-        with open(opts.json_path, "w") as f:
-            json.dump(_finite(report), f, indent=2)
+        atomic_write_bytes(Path(opts.json_path), json.dumps(_finite(report), indent=2).encode())
     return 0
 
 

@@ -23,7 +23,7 @@ def _check_section(part: dict, names: tuple[str, ...]) -> None:
 
 def test_profile_tiny_cpu_json_and_trace(tmp_path, capsys):
     out, trace = tmp_path / "profile.json", tmp_path / "trace.json"
-    argv = ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1",
+    argv = ["--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "1", "--warmup", "1",
             "--threads", "1", "--json", str(out), "--trace", str(trace)]  # fmt: skip
     assert profile.main(argv) == 0
     printed = capsys.readouterr().out
@@ -76,11 +76,32 @@ def test_stage_times_are_exclusive(monkeypatch):
     assert timer.stats["renderer"].time_s == 8.0  # 10 s inclusive minus the nested 2 s
 
 
-def test_cli_errors_name_the_argument(capsys):
+def test_cli_errors_name_the_argument(capsys, tmp_path):
     with pytest.raises(SystemExit):
-        profile.parse_args(["--batch", "0"])
-    assert "--batch must be >= 1" in capsys.readouterr().err
+        profile.parse_args(["--batch-size", "0"])
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert profile.parse_args(["--batch", "3"]).batch == 3  # the old flag name still works (hidden)
+    with pytest.raises(SystemExit):
+        profile.parse_args(["--device", "gpu0"])
+    assert "--device: 'gpu0' is not a device" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit):
-            profile.parse_args(["--device", "cuda"])
-        assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+        for device in ("cuda", "cuda:1"):  # issue 13 #7: cuda:N is accepted as everywhere else
+            with pytest.raises(SystemExit):
+                profile.parse_args(["--device", device])
+            assert f"--device: '{device}' requested but CUDA is not available" in capsys.readouterr().err
+    assert profile.main(["--json", str(tmp_path)]) == 2  # a folder: found before the measurement
+    assert "--json: " in capsys.readouterr().err
+
+
+def test_one_flag_name_per_meaning_across_the_command_lines():
+    """Issue 13 #7: `profile --batch` vs `--batch-size` elsewhere; every flag has help text."""
+    from export3d import animate, evaluate, train
+
+    parsers = {"train": train.build_parser(), "evaluate": evaluate.build_parser(), "animate": animate.build_parser(),
+               "profile": profile.build_parser()}  # fmt: skip
+    for name, parser in parsers.items():
+        flags = {s for a in parser._actions for s in a.option_strings}
+        assert "--batch-size" in flags and "--device" in flags and "--threads" in flags, name
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+            assert "preset's" not in action.help, f"{name} {action.option_strings}: show the real default"
