@@ -81,7 +81,27 @@ def _check_tensor(name: str, x: torch.Tensor, shape: tuple[int | None, ...], whe
     if x.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape, strict=True)):
         want = "[" + ", ".join("B" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{where}: {name} must have shape {want}{hint}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: {name} is an empty batch (shape {tuple(x.shape)}); pass at least one item")
     _check_finite(name, x, where)
+
+
+def _check_camera(camera: torch.Tensor, where: str) -> None:
+    """EG3D cameras: cam2world ``[:16]`` with an invertible rotation, intrinsics ``[16:]`` with fx, fy > 0."""
+    if torch.compiler.is_compiling():
+        return
+    cam = camera.detach().double()
+    det = torch.linalg.det(cam[:, :16].reshape(-1, 4, 4)[:, :3, :3])  # [B]
+    focal = cam[:, [16, 20]]  # fx, fy of the normalised intrinsics [B, 2]
+    bad = (det.abs() < 1e-6) | (focal <= 0).any(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{where}: camera row {i} is degenerate (rotation determinant {det[i].item():.3g}, "
+                         f"fx {focal[i, 0].item():.3g}, fy {focal[i, 1].item():.3g}); expected an EG3D camera: "
+                         "a rigid cam2world [:16] and intrinsics [16:] with fx, fy > 0")
+
+
+SOURCE_RANGE_SLACK = 0.01  # resampling may overshoot [-1, 1] a little; [0, 1] or [0, 255] images are far outside
 
 
 class DirectExpression(nn.Module):
@@ -178,7 +198,7 @@ class Export3D(nn.Module):
     def encode_expression(self, expression: torch.Tensor) -> torch.Tensor:
         """beta ``[B, 64]`` -> beta' ``[B, d]`` (appearance-free expression code); beta itself for "direct"."""
         _check_tensor("expression", expression, (None, self.config.expression_dim), "Export3D.encode_expression")
-        return self.lebs(expression)
+        return self.lebs(self._cast(expression))
 
     def generate_triplane(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """source ``[B, 3, H, W]`` in [-1, 1], code = beta' ``[B, d]`` -> tri-plane ``[B, 3, C, H/2, W/2]``."""
@@ -186,7 +206,7 @@ class Export3D(nn.Module):
         hint = " (beta' from encode_expression, not the 64-d beta)" if self.config.expression_encoder == "lebs" \
             else " (the 64-d beta: expression_encoder='direct')"  # fmt: skip
         _check_tensor("code", code, (source.shape[0], self.config.code_dim), "Export3D.generate_triplane", hint)
-        return self.generator(source, code)
+        return self.generator(self._cast(source), self._cast(code))
 
     def render(self, triplane: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
         """Render a tri-plane ``[B or 1, 3, C, H/2, W/2]`` from cameras ``[B, 25]``; a batch-1 tri-plane is
@@ -195,11 +215,12 @@ class Export3D(nn.Module):
         P = self.config.plane_resolution
         _check_tensor("triplane", triplane, (None, 3, g.plane_channels, P, P), where)
         _check_tensor("camera", camera, (None, self.config.camera_dim), where)
+        _check_camera(camera, where)
         if triplane.shape[0] not in (1, camera.shape[0]):
             raise ValueError(
                 f"{where}: triplane batch {triplane.shape[0]} must be 1 or camera's batch {camera.shape[0]}"
             )
-        return self._render(triplane.expand(camera.shape[0], -1, -1, -1, -1), camera)
+        return self._render(self._cast(triplane).expand(camera.shape[0], -1, -1, -1, -1), self._cast(camera))
 
     def forward(self, source: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
         """source ``[B, 3, H, W]`` in [-1, 1], expression beta ``[B, 64]``, camera ``[B, 25]`` -> Export3DOutput."""
@@ -208,6 +229,8 @@ class Export3D(nn.Module):
         B = source.shape[0]
         _check_tensor("expression", expression, (B, self.config.expression_dim), where)
         _check_tensor("camera", camera, (B, self.config.camera_dim), where)
+        _check_camera(camera, where)
+        source, expression, camera = self._cast(source), self._cast(expression), self._cast(camera)
         if self.config.compile:
             if self._compiled is None:
                 self._compiled = torch.compile(self._body)
@@ -220,6 +243,17 @@ class Export3D(nn.Module):
     def _check_source(self, source: torch.Tensor, where: str) -> None:
         H = self.config.image_size
         _check_tensor("source", source, (None, 3, H, H), where, f" (preset {self.config.name!r}: image_size={H})")
+        if torch.compiler.is_compiling():
+            return
+        lo, hi = source.detach().aminmax()
+        if lo.item() < -1 - SOURCE_RANGE_SLACK or hi.item() > 1 + SOURCE_RANGE_SLACK:
+            raise ValueError(f"{where}: source values must be in [-1, 1], got [{lo.item():.4g}, {hi.item():.4g}] "
+                             "(uint8 pixels p map to p / 127.5 - 1)")  # fmt: skip
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs of another floating dtype (float64, fp16, bf16) take the weights' dtype (under autocast, too)."""
+        dtype = next(self.parameters()).dtype
+        return x if x.dtype == dtype else x.to(dtype)
 
     def _render(self, triplane: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
         out = self.renderer(triplane, camera)

@@ -236,3 +236,30 @@ def test_config_validation_and_overrides():
         preset("tiny", generator={"hidden": 256})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.image_size = 64
+
+
+def test_wrong_values_and_dtypes_give_clear_errors_or_are_cast():
+    """Issue 13 #6: zero intrinsics / an all-zero camera rendered NaN; a [0, 255] source was accepted;
+    float64 / fp16 / bf16 inputs raised an internal dtype error; batch 0 raised an interpolate error."""
+    model = small_model().eval()
+    src, beta, cam = inputs(model, batch=2)
+    no_focal = cam.clone()
+    no_focal[:, 16:] = 0
+    for bad in (no_focal, torch.zeros_like(cam)):
+        with pytest.raises(ValueError, match=r"camera row 0 is degenerate"):
+            model(src, beta, bad)
+        with pytest.raises(ValueError, match=r"camera row 0 is degenerate"):
+            model.render(model.generate_triplane(src[:1], model.encode_expression(beta[:1])), bad)
+    with pytest.raises(ValueError, match=r"source values must be in \[-1, 1\], got \[0.0\d+, 255\]"):
+        model((src + 1) * 127.5, beta, cam)
+    with pytest.raises(ValueError, match=r"source is an empty batch"):
+        model(src[:0], beta[:0], cam[:0])
+    with pytest.raises(ValueError, match=r"expression is an empty batch"):
+        model.encode_expression(beta[:0])
+    with torch.no_grad():
+        reference = model(src, beta, cam).image
+        for dtype in (torch.float64, torch.float16, torch.bfloat16):
+            out = model(src.to(dtype), beta.to(dtype), cam.to(dtype)).image
+            assert out.dtype == torch.float32 and out.isfinite().all(), dtype
+            tol = 1e-5 if dtype == torch.float64 else 0.25
+            torch.testing.assert_close(out, reference, atol=tol, rtol=0)
