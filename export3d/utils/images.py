@@ -56,7 +56,8 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """Read any common image (RGB, RGBA, greyscale, palette), centre-crop to a square, resize -> ``[3, size, size]``.
 
-    RGBA is composited on white. Raises ``ValueError`` naming the file when it cannot be read.
+    RGBA is composited on white; 16-bit greyscale (PIL modes ``I;16*`` / ``I``) is scaled from [0, 65535].
+    Raises ``ValueError`` naming the file when it cannot be read or is larger than PIL's pixel limit.
     """
     path = Path(path)
     if not path.is_file():
@@ -64,12 +65,17 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            if im.mode.startswith("I;16") or im.mode == "I":  # PIL's RGB conversion would clip these to white
+                wide = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+            elif im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 im = Image.new("RGB", rgba.size, (255, 255, 255))
                 im.paste(rgba, mask=rgba.getchannel("A"))
             else:
                 im = im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image: {path} is too large ({exc}); crop or downscale it first") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"image: cannot read {path} as an image ({exc})") from exc
     w, h = im.size
