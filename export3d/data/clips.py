@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -58,6 +59,27 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=(lambda p: (int(p.stem), p.name)) if numeric else (lambda p: p.name))
 
 
+class NpzArrays(dict):
+    """Every array of one .npz file, read up front (``files`` as on numpy's NpzFile)."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
+
+
+def read_npz(path: Path) -> NpzArrays:
+    """Read every array of ``path``; garbage, truncated or pickled content is a ``ClipFormatError`` naming it."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # numpy.load would try (and refuse) to unpickle anything else
+        raise ClipFormatError(path, "not an .npz archive (expected a zip of .npy arrays, as numpy.savez writes)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return NpzArrays({key: npz[key] for key in npz.files})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ClipFormatError(path, f"cannot read: truncated or damaged ({type(err).__name__}: {err})") from err
+
+
 def check_array(path: Path, params: np.lib.npyio.NpzFile, key: str, width: int, frames: int) -> np.ndarray:
     if key not in params.files:
         raise ClipFormatError(path, f"missing array {key!r} (has {sorted(params.files)})")
@@ -85,6 +107,10 @@ def check_cameras(path: Path, camera: np.ndarray) -> None:
     if bad.any():
         raise ClipFormatError(path, f"'camera' row {int(np.argmax(bad))} is not a rigid cam2world matrix "
                                     "(rotation must be orthonormal with det +1, last row 0 0 0 1)")
+    no_focal = (camera[:, [16, 20]] <= 0).any(axis=1)  # fx, fy of the normalised intrinsics
+    if no_focal.any():
+        raise ClipFormatError(path, f"'camera' row {int(np.argmax(no_focal))} has intrinsics [16:25] with fx or fy "
+                                    "<= 0 (expected fx, 0, cx, 0, fy, cy, 0, 0, 1 with fx, fy > 0)")
 
 
 class ClipFolder:
@@ -150,11 +176,11 @@ class ClipFolder:
         if not path.is_file():
             raise ClipFormatError(path, "missing params.npz")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                params = {"beta": check_array(path, npz, "expression", BETA_DIM, clip.frames),
-                          "camera": check_array(path, npz, "camera", CAMERA_DIM, clip.frames)}
-                if "true_expression" in npz.files:
-                    params["true_expression"] = check_array(path, npz, "true_expression", N_EXPRESSION, clip.frames)
+            npz = read_npz(path)
+            params = {"beta": check_array(path, npz, "expression", BETA_DIM, clip.frames),
+                      "camera": check_array(path, npz, "camera", CAMERA_DIM, clip.frames)}
+            if "true_expression" in npz.files:
+                params["true_expression"] = check_array(path, npz, "true_expression", N_EXPRESSION, clip.frames)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, ClipFormatError):
                 raise

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from export3d.data import TEST_IDENTITY_OFFSET, ClipFormatError, SyntheticClips, orbit_camera
-from export3d.data.clips import IMAGE_SUFFIXES, check_array, check_cameras, frame_files
+from export3d.data.clips import IMAGE_SUFFIXES, check_array, check_cameras, frame_files, read_npz
 from export3d.evaluation.loading import held_out_source
 from export3d.model import Export3D
 from export3d.utils.images import load_image, to_uint8
@@ -82,15 +82,10 @@ def load_clip_folder(folder: str | Path, resolution: int) -> tuple[torch.Tensor,
     path = folder / "params.npz"
     if not path.is_file():
         raise ClipFormatError(path, "missing params.npz (a clip folder holds expression [T, 64] and camera [T, 25])")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            rows = npz["expression"].shape[0] if "expression" in npz.files and npz["expression"].ndim else 0
-            beta = check_array(path, npz, "expression", 64, rows)
-            camera = check_array(path, npz, "camera", 25, rows)
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, ClipFormatError):
-            raise
-        raise ClipFormatError(path, f"cannot read: {exc}") from exc
+    npz = read_npz(path)
+    rows = npz["expression"].shape[0] if "expression" in npz.files and npz["expression"].ndim else 0
+    beta = check_array(path, npz, "expression", 64, rows)
+    camera = check_array(path, npz, "camera", 25, rows)
     if rows == 0:
         raise ClipFormatError(path, "'expression' has no rows")
     check_cameras(path, camera)

@@ -131,7 +131,9 @@ BAD_DATA = {
                          .encode()), "'frames'"),
     "missing clip folder": (lambda r: _remove(r / CLIP), "does not exist"),
     "missing params": (lambda r: _remove(r / CLIP / "params.npz"), "missing params.npz"),
-    "corrupt params": (lambda r: _write(r / CLIP / "params.npz", b"not a zip"), "cannot read"),
+    "corrupt params": (lambda r: _write(r / CLIP / "params.npz", b"not a zip"), "not an .npz archive"),
+    "truncated params": (lambda r: _write(r / CLIP / "params.npz", (r / CLIP / "params.npz").read_bytes()[:300]),
+                         "cannot read: truncated or damaged"),  # issue 13 #6: a traceback or a misleading message
     "missing frames": (lambda r: _remove(r / CLIP / "00003.png") and r / CLIP, "missing frames: found 4 image files"),
     "no frames at all": (lambda r: [_remove(p) for p in (r / CLIP).glob("*.png")] and r / CLIP, "no frames"),
     "wrong expression width": (
@@ -148,6 +150,9 @@ BAD_DATA = {
         lambda r: np.savez(r / CLIP / "params.npz", expression=_params(r)["expression"]) or r / CLIP / "params.npz",
         "missing array 'camera'"),
     "camera not rigid": (_not_rigid, "not a rigid cam2world"),
+    "zero intrinsics": (lambda r: _rewrite_params(r, camera=np.concatenate([_params(r)["camera"][:, :16],
+                                                                            np.zeros((5, 9), np.float32)], 1)),
+                        r"'camera' row 0 has intrinsics .* fx or fy <= 0"),
     "wrong image size": (lambda r: _resize_frame(r, (16, 16)), "wrong image size: 16x16, expected 32x32"),
     "non-square image": (lambda r: _resize_frame(r, (32, 30)), "must be square"),
     "corrupt image": (lambda r: _write(r / CLIP / "00001.png", b"garbage"), "cannot read image"),

@@ -90,8 +90,15 @@ def _bad_clip(root, name, expression=None, camera=None, frames=2, manifest=False
     return folder
 
 
+def _truncated_params(folder):
+    data = (folder / "params.npz").read_bytes()
+    (folder / "params.npz").write_bytes(data[: len(data) // 2])
+    return folder
+
+
 def test_bad_inputs_name_the_problem(run, rgba_image, tmp_path, capsys):
     eye = np.tile(np.concatenate([np.eye(4).ravel(), np.eye(3).ravel()]).astype(np.float32), (3, 1))  # [3, 25]
+    no_focal = np.concatenate([eye[:2, :16], np.zeros((2, 9), np.float32)], 1)
     (tmp_path / "broken.png").write_text("this is not an image")
     direct = write_checkpoint(tmp_path / "direct", encoder="direct")
     img = str(rgba_image)
@@ -111,6 +118,11 @@ def test_bad_inputs_name_the_problem(run, rgba_image, tmp_path, capsys):
         (["--source", "synthetic:x", "--orbit"], "--source: expected synthetic:ID"),
         (["--source", img, "--basis", "11", "--range", "1", "2"], "--basis: K must be in 1..10"),
         (["--source", img, "--orbit", "--video-size", "40"], "--video-size: 40 must be a multiple of 16"),
+        # issue 13 #6: tracebacks or misleading messages before
+        (["--source", img, "--driving", str(_truncated_params(_bad_clip(tmp_path, "cut", np.zeros((2, 64), np.float32),
+                                                                        eye[:2])))], "cannot read: truncated"),
+        (["--source", img, "--driving", str(_bad_clip(tmp_path, "zero_k", np.zeros((2, 64), np.float32), no_focal))],
+         r"'camera' row 0 has intrinsics"),
     ]
     for argv, message in cases:
         assert main(["--checkpoint", str(run), "--out", str(tmp_path / "x.mp4"), "--quiet", *argv]) == 2, argv
