@@ -175,3 +175,24 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # issue 13 #7: --threads was silently ignored without --ablation
         main(["--checkpoint", str(run), "--threads", "2"])
     assert "--threads only apply with --ablation" in capsys.readouterr().err
+
+
+def test_load_model_verifies_the_weights_and_falls_back(tmp_path, capsys):
+    """Issue 13 #3: a bit-flipped weights.safetensors loaded silently into evaluate and animate."""
+    run = write_checkpoint(tmp_path / "run")
+    good, _, _ = load_model(run)
+    torch.manual_seed(5)
+    cfg = preset("tiny", expression_encoder="lebs", **SMALL)
+    meta = json.loads((run / "checkpoints" / "step_00000000" / "meta.json").read_text())
+    newest = save_checkpoint(run / "checkpoints", 1, {"model": Export3D(cfg)}, {"step": 1},
+                             meta={k: meta[k] for k in ("model_config", "train_config")})  # fmt: skip
+    data = bytearray((newest / "weights.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (newest / "weights.safetensors").write_bytes(bytes(data))
+    model, got, folder = load_model(run)
+    assert folder.name == "step_00000000" and got["step"] == 0
+    assert "step_00000001/weights.safetensors is corrupt" in capsys.readouterr().err
+    key = "generator.head.weight"
+    assert torch.equal(model.state_dict()[key], good.state_dict()[key])
+    assert main(["--checkpoint", str(newest)]) == 2
+    assert "sha256 differs" in capsys.readouterr().err

@@ -125,3 +125,19 @@ def test_cli_defaults_and_errors(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--batch-size", "0"])
     assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # issue 13 #6: a traceback before
+        parse_args(["--threads", "0"])
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--impl", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+def test_help_shows_the_presets_values(capsys):
+    """Issue 13 #7: --help said "(default: preset's rec_steps)" and listed no choices."""
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "preset's" not in text
+    assert "(paper: 300000; tiny: 1750)" in text and "{reference,fast}" in text and "{clebs,lebs,direct}" in text
+    assert "bf16 autocast" in text and "use_deterministic_algorithms" in text and "torch.compile" in text
