@@ -108,11 +108,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     args = vars(p.parse_args(argv))
     overrides = {k: v for k, v in args.items() if v is not None}
     if "resume" in overrides:
-        overrides.setdefault("out", overrides["resume"])  # continue writing into the resumed run
         try:
-            settings = runs.saved_settings(runs.run_folder(overrides["resume"]))
+            run = runs.run_folder(overrides["resume"])
+            settings = runs.saved_settings(run)
         except CheckpointError:
-            settings = None  # main() reports the problem (and writes nothing)
+            run, settings = None, None  # main() reports the problem (and writes nothing)
+        overrides.setdefault("out", str(run or overrides["resume"]))  # continue writing into the resumed run
         if settings is not None:
             try:
                 # where it stops is not a setting of the run: a run stopped by --stop-after continues to the end

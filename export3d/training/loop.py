@@ -207,6 +207,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     run = resume_from = None
     if cfg.resume is not None:  # every check before anything is written
         run = runs.run_folder(cfg.resume)
+        if out.resolve() == Path(cfg.resume).resolve():
+            out = run  # --resume RUN/checkpoints/step_X continues writing into RUN
         runs.check_resume(cfg, run, runs.saved_settings(run))
         resume_from = cfg.resume if runs.has_checkpoint(run) else None
     if run is None or out.resolve() != run.resolve():

@@ -36,6 +36,8 @@ def test_resume_uses_the_runs_settings_and_refuses_unsafe_changes(tmp_path, caps
         assert _snapshot(run) == before, f"{flags} changed the run folder"
     cfg = parse_args(["--resume", str(run)])  # the README's `--resume RUN`: no preset or step flags repeated
     assert (cfg.rec_steps, cfg.seed, cfg.clebs_clips, cfg.stop_after, cfg.out) == (2, 3, 2, None, str(run))
+    step = next((run / "checkpoints").glob("step_00000002*"))
+    assert parse_args(["--resume", str(step)]).out == str(run)  # one checkpoint of the run: it continues in RUN
     assert cli(["--resume", str(run), "--log-every", "1", "--adv-steps", "2"]) == 0  # safe: logging, a longer stage
     _, state, _ = load_checkpoint(run)
     assert (state["step"], state["stage"], state["stage_step"]) == (5, "adversarial", 2)
