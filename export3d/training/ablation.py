@@ -163,6 +163,10 @@ def train_command(cfg: TrainConfig) -> list[str]:
     return cmd
 
 
+def _log_path(out: str) -> Path:
+    return Path(out).with_name(Path(out).name + ".train.out")
+
+
 def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, float]:
     """Train every config not yet finished, ``jobs`` at a time; returns the training seconds of each run."""
     todo = [c for c in configs if run_state(c) != "finished"]
@@ -185,8 +189,9 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
     while queue or running:
         while queue and len(running) < jobs:
             c = queue.pop(0)
-            Path(c.out).mkdir(parents=True, exist_ok=True)
-            log = open(Path(c.out) / "train.out", "a")  # closed when the process ends
+            # beside the run folder, not in it: export3d.train starts a new run only in a new or empty folder
+            Path(c.out).parent.mkdir(parents=True, exist_ok=True)
+            log = open(_log_path(c.out), "a")  # closed when the process ends
             proc = subprocess.Popen(train_command(c), stdout=log, stderr=subprocess.STDOUT)
             running[c.out] = (proc, time.perf_counter(), log)
         time.sleep(1.0)
@@ -197,7 +202,7 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
             del running[out]
             seconds[out] = time.perf_counter() - t0
             if proc.returncode != 0:
-                failed.append(f"{out} (exit {proc.returncode}; see {out}/train.out)")
+                failed.append(f"{out} (exit {proc.returncode}; see {_log_path(out)})")
             bar.update()
             bar.set_postfix_str(Path(out).parent.name + "/" + Path(out).name)
     bar.close()
