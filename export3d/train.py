@@ -58,7 +58,7 @@ HELP = {
     "threads": "torch intra-op threads (>= 1)",
     "fps": "synthetic clip frame rate",
     "expression_encoder": "clebs: pre-trained, frozen f_e (paper); lebs: f_e trained end to end; direct: beta itself",
-    "n_basis": "LeBS basis size n (default: the model preset's, 10)",
+    "n_basis": "LeBS basis size n (default: 10, the model presets' value)",
     "conditioning": "how the expression code conditions the generator",
     "ema_half_life_images": "half-life of the weight EMA in images (0: no EMA)",
     "ema_rampup": "weight EMA ramp-up",
