@@ -387,13 +387,13 @@ def main(cfg: TrainConfig) -> TrainResult:
                            seed=cfg.seed)  # fmt: skip
         metrics.update(step=state["step"], lpips_network=dataclasses.asdict(lpips_info),
                        weights="model_ema" if averaged is not None else "model")  # fmt: skip
+        print(format_table(metrics))
         metrics, bad = runs.finite_metrics(metrics)
         if bad:
             metrics["non_finite"] = bad
             print(f"WARNING: metrics.json: {', '.join(bad)} came out NaN or infinite and are written as null",
                   file=sys.stderr)  # fmt: skip
         atomic_write_json(out / "metrics.json", metrics)
-        print(format_table(metrics))
     logger.close()
     if dist.is_main:
         print(f"outputs: {out.resolve()} (checkpoints/, samples/latest.png, log.jsonl, tensorboard/, metrics.json)")

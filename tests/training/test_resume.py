@@ -94,3 +94,13 @@ def test_divergence_stops_with_an_error_and_keeps_the_last_finite_checkpoint(tmp
     assert finite
     steps = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*"))
     assert steps[-1].startswith("step_00000002"), steps  # the good ones are kept, the NaN step is not saved
+
+
+def test_non_finite_metrics_are_written_as_null_and_listed():
+    from export3d.training.runs import finite_metrics
+
+    clean, bad = finite_metrics({"same_identity": {"model": {"psnr": float("nan"), "ssim": 0.5}}, "step": 3,
+                                 "cross_identity": {"model": {"lpips": float("inf")}}})  # fmt: skip
+    assert clean["same_identity"]["model"] == {"psnr": None, "ssim": 0.5} and clean["step"] == 3
+    assert bad == ["same_identity.model.psnr", "cross_identity.model.lpips"]
+    json.dumps(clean, allow_nan=False)
