@@ -104,3 +104,29 @@ def test_non_finite_metrics_are_written_as_null_and_listed():
     assert clean["same_identity"]["model"] == {"psnr": None, "ssim": 0.5} and clean["step"] == 3
     assert bad == ["same_identity.model.psnr", "cross_identity.model.lpips"]
     json.dumps(clean, allow_nan=False)
+
+
+def test_sigkill_during_training_then_resume_finishes_the_run(tmp_path):
+    """A real kill -9 while the run saves checkpoints (every step); --resume completes it, logging each step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "export3d.train", "--out", str(run), "--threads", "1",
+                             "--log-every", "1", *SMALL], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while proc.poll() is None and not list((run / "checkpoints").glob("step_*")):
+            time.sleep(0.05)  # waiting for the first checkpoint folder (or its temporary one) to appear
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert cli(["--resume", str(run), "--threads", "1"]) == 0
+    _, state, _ = load_checkpoint(run)
+    assert (state["step"], state["stage"]) == (4, "adversarial")
+    assert _steps(run) == [1, 2, 3, 4]
+    assert not list((run / "checkpoints").glob("*.tmp-*"))
