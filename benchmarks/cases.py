@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from export3d.kernels import composite_rays, eadaln, pixel_shuffle_lowpass, triplane_sample
+from export3d.kernels import composite_rays, eadaln, pixel_shuffle_lowpass, render_rays, triplane_sample
 from export3d.kernels.utils import saved_tensor_bytes
 
 RAYS, SAMPLES, CHANNELS, PLANE = 64 * 64, 48, 32, 128  # paper preset: 64 x 64 rays, 48 samples, C = 32
@@ -73,13 +73,14 @@ class OpSizes:
     plane: int  # tri-plane side
     shuffle_in: tuple[int, int]  # pixel_shuffle_lowpass input (channels, side) before the x2 shuffle
     tokens: tuple[int, int]  # eadaln (L, D)
+    decoder: tuple[int, int]  # render_rays: decoder hidden width, output features Cf (its S is 2 * samples)
 
 
 OP_SIZES = {
     # paper: 1024-wide 32 x 32 map -> 256 x 64 x 64; 256 tokens of h = 1024
-    "paper": OpSizes(1, RAYS, SAMPLES, CHANNELS, PLANE, (4 * 256, 32), (256, 1024)),
+    "paper": OpSizes(1, RAYS, SAMPLES, CHANNELS, PLANE, (4 * 256, 32), (256, 1024), (64, 32)),
     # tiny: the upper ViT's 128-wide 16 x 16 map -> 32 x 32 x 32; 4 x 4 tokens of h = 128
-    "tiny": OpSizes(TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, (4 * 32, 16), (16, 128)),
+    "tiny": OpSizes(TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, (4 * 32, 16), (16, 128), (32, 16)),
 }
 
 
@@ -107,6 +108,18 @@ def sized_case_inputs(op: str, size: str = "paper", device: str = "cuda") -> tup
         x = torch.randn(B, L, D, device=device, requires_grad=True)  # [B, L, D]
         mod = torch.randn(B, D, device=device, requires_grad=True)
         return x, mod, mod * 0.5
+    if op == "render_rays":  # the final pass: coarse + fine samples per ray, the decoder's widths
+        hidden, cf = z.decoder
+        planes = (torch.randn(B, 3, C, P, P, device=device) * 0.5).requires_grad_(True)
+        origins = torch.tensor([0.0, 0.0, 2.7], device=device).expand(B, R, 3)
+        target = (torch.rand(B, R, 3, device=device) - 0.5) * torch.tensor([0.6, 0.6, 0.0], device=device)
+        directions = F.normalize(target - origins, dim=-1)
+        depths = torch.linspace(2.25, 3.3, 2 * S, device=device).view(1, 1, 2 * S, 1).expand(B, R, -1, -1)
+        w1 = (torch.randn(C, hidden, device=device) * C**-0.5).requires_grad_(True)
+        b1 = torch.zeros(hidden, device=device, requires_grad=True)
+        w2 = (torch.randn(hidden, 1 + cf, device=device) * hidden**-0.5).requires_grad_(True)
+        b2 = torch.zeros(1 + cf, device=device, requires_grad=True)
+        return planes, origins.contiguous(), directions, depths.contiguous(), w1, b1, w2, b2
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -115,6 +128,7 @@ OPS = {
     "composite_rays": composite_rays,
     "pixel_shuffle_lowpass": pixel_shuffle_lowpass,
     "eadaln": eadaln,
+    "render_rays": render_rays,
 }
 
 

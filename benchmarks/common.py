@@ -25,7 +25,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from benchmarks.cases import OPS, sized_case_inputs
-from export3d.kernels import composite_rays_ref, eadaln_ref, pixel_shuffle_lowpass_ref, triplane_sample_ref
+from export3d.kernels import (
+    composite_rays_ref,
+    eadaln_ref,
+    pixel_shuffle_lowpass_ref,
+    render_rays_ref,
+    triplane_sample_ref,
+)
 from export3d.kernels.utils import saved_tensor_bytes
 
 PROVIDERS = ("reference", "compiled", "triton")
@@ -35,6 +41,7 @@ REFS = {
     "composite_rays": composite_rays_ref,
     "pixel_shuffle_lowpass": pixel_shuffle_lowpass_ref,
     "eadaln": eadaln_ref,
+    "render_rays": render_rays_ref,
 }
 TRITON_SKIP = "triton provider needs CUDA (the interpreter is a correctness tool, not a benchmark)"
 
@@ -170,6 +177,17 @@ def op_bytes(op: str, mode: str, inputs: Sequence[torch.Tensor]) -> int:
             return e * (samples_in + per_ray_out + B * R * (S - 1) + B * R * (C + 2))
         # read drgb, ddepth, the three inputs and the per-ray totals; write dcolors, ddensities
         return e * (per_ray_out + samples_in + B * R * (C + 2) + B * R * S * (C + 1))
+    if op == "render_rays":  # planes [B, 3, C, H, W], rays [B, R, 3] x 2, depths [B, R, S, 1], decoder w1 b1 w2 b2
+        planes, _, _, depths, *decoder = inputs
+        B, _, C, H, W = planes.shape
+        R, S = depths.shape[1], depths.shape[2]
+        cf = decoder[2].shape[1] - 1
+        params = sum(t.numel() for t in decoder)
+        rays_in, per_ray = B * R * (6 + S), B * R * (cf + 1)  # rays and depths in; rgb and depth out (or their grads)
+        state = 4 * B * R * (cf + 3)  # fp32 rgb_acc and stats: written by the forward, read by the backward
+        # fwd: read planes (each texel once), rays, depths, decoder; write rgb, depth and the per-ray state.
+        # bwd: read the same plus the output gradients and the state; write dplanes and the decoder gradients.
+        return e * (3 * B * C * H * W + rays_in + params + per_ray) + state
     if op == "pixel_shuffle_lowpass":  # x [B, C*f*f, H, W] -> [B, C, fH, fW]: same element count
         return e * 2 * inputs[0].numel()
     raise ValueError(f"unknown op {op!r}")
@@ -200,7 +218,7 @@ _COMPILED: dict[str, Callable] = {}
 def _differentiable(op: str, out) -> tuple[torch.Tensor, ...]:
     """The outputs a training step differentiates: composite_rays' rgb and depth (its weights feed sample_pdf,
     which is not differentiated); the single output of the other ops."""
-    if op == "composite_rays":
+    if op in ("composite_rays", "render_rays"):
         return out[0], out[1]
     return (out,)
 
@@ -389,7 +407,39 @@ def bytes_table(peaks: Sequence[str] = ("A100-SXM4-40GB", "H100 80GB HBM3")) -> 
             floors = " | ".join(f"{n / (PEAK_GBPS[p] * 1e9) * 1e6:,.1f} us" for p in peaks)
             mib = f"{n / 2**20:,.2f} MiB | {ref / 2**20:,.2f} MiB"
             lines.append(f"| {op} | {mode} | {mib} | {ref / n:.1f}x | {floors} |")
+    for mode in ("forward", "backward"):  # render_rays' work done the split way, as the renderer did before it
+        n, ref = split_render_bytes(mode), reference_bytes("render_rays", mode, "paper")
+        floors = " | ".join(f"{n / (PEAK_GBPS[p] * 1e9) * 1e6:,.1f} us" for p in peaks)
+        mib = f"{n / 2**20:,.2f} MiB | {ref / 2**20:,.2f} MiB"
+        lines.append(f"| triplane_sample + MLP + composite_rays | {mode} | {mib} | {ref / n:.1f}x | {floors} |")
     return "\n".join(lines)
+
+
+def split_render_bytes(mode: str, size: str = "paper") -> int:
+    """Bytes the split fast path moves for ``render_rays``' work: the fused ``triplane_sample`` over the R * S points,
+    the decoder MLP as ATen ops (counted like :func:`reference_bytes`) and the fused ``composite_rays`` on its
+    ``[B, R, S, Cf]`` colours. The renderer's concatenation and sort of the coarse and fine samples come on top."""
+    planes, _, _, depths, w1, b1, w2, b2 = sized_case_inputs("render_rays", size, "meta")
+    B, R, S, _ = depths.shape
+    C, cf = planes.shape[2], w2.shape[1] - 1
+    n = op_bytes("triplane_sample", mode, (planes, torch.empty(B, R * S, 3, device="meta")))
+    colors, densities = torch.empty(B, R, S, cf, device="meta"), torch.empty(B, R, S, 1, device="meta")
+    n += op_bytes("composite_rays", mode, (colors, densities, depths))
+    feats = torch.empty(B, R * S, C, device="meta", requires_grad=True)
+
+    def mlp():
+        out = torch.nn.functional.softplus(feats @ w1 + b1) @ w2 + b2
+        return out[..., :1], torch.sigmoid(out[..., 1:]) * 1.002 - 0.001
+
+    counter = _TrafficCounter()
+    if mode == "forward":
+        with counter:
+            mlp()
+    else:
+        outs = mlp()
+        with counter:
+            torch.autograd.backward(outs, [torch.empty_like(o) for o in outs])
+    return n + counter.bytes
 
 
 if __name__ == "__main__":

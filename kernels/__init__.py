@@ -12,8 +12,10 @@ from .reference import (
     default_lowpass_taps,
     eadaln_ref,
     pixel_shuffle_lowpass_ref,
+    render_rays_ref,
     triplane_sample_ref,
 )
+from .render_rays import render_rays, render_rays_weights
 from .triplane_sample import triplane_sample
 from .utils import IMPLS
 
@@ -26,6 +28,9 @@ __all__ = [
     "eadaln_ref",
     "pixel_shuffle_lowpass",
     "pixel_shuffle_lowpass_ref",
+    "render_rays",
+    "render_rays_ref",
+    "render_rays_weights",
     "triplane_sample",
     "triplane_sample_ref",
 ]

@@ -21,7 +21,7 @@ from .utils import AotSpec, interpreter_enabled
 
 ARCHS = (80, 90)
 # One module per fused op, each with an ``aot_specs()`` list.
-OP_MODULES = ("eadaln", "triplane_sample", "composite_rays", "pixel_shuffle_lowpass")
+OP_MODULES = ("eadaln", "triplane_sample", "composite_rays", "pixel_shuffle_lowpass", "render_rays")
 
 
 @dataclass

@@ -103,6 +103,42 @@ def composite_rays_ref(
     return rgb.to(dtype), depth.to(dtype), weights.to(dtype)
 
 
+def render_rays_ref(
+    planes: torch.Tensor,  # [B, 3, C, Hp, Wp]
+    origins: torch.Tensor,  # [B, R, 3]
+    directions: torch.Tensor,  # [B, R, 3]
+    depths: torch.Tensor,  # [B, R, S, 1], ascending along S
+    w1: torch.Tensor,  # [C, hidden]
+    b1: torch.Tensor,  # [hidden]
+    w2: torch.Tensor,  # [hidden, 1 + Cf]: column 0 density, 1.. colour
+    b2: torch.Tensor,  # [1 + Cf]
+    axes: str = "xyz",
+    box_warp: float = 1.0,
+    density_bias: float = -1.0,
+    white_back: bool = False,
+    return_weights: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Sample, decode and composite S points per ray: :func:`triplane_sample_ref`, the MLP, :func:`composite_rays_ref`.
+
+    Points ``o + t d``; ``h = softplus(f @ w1 + b1)``, ``o = h @ w2 + b2``; ``o[..., 0]`` is the raw density and
+    ``sigmoid(o[..., 1:]) * 1.002 - 0.001`` the colour. Returns ``rgb [B, R, Cf]`` and ``depth [B, R, 1]`` in
+    ``planes.dtype`` (and ``weights [B, R, S-1, 1]`` with ``return_weights``). The decoder runs in fp32 (fp64 for
+    fp64 inputs). Rays and depths are constants (detached) and the weights are returned detached, as on the
+    Triton path: gradients flow to the planes and the decoder only.
+    """
+    B, R, S, _ = depths.shape
+    origins, directions, depths = origins.detach(), directions.detach(), depths.detach()
+    points = origins[:, :, None] + depths * directions[:, :, None]  # [B, R, S, 3]
+    feats = triplane_sample_ref(planes, points.reshape(B, R * S, 3), axes, box_warp)  # [B, R*S, C]
+    h = F.softplus(_acc(feats) @ _acc(w1) + _acc(b1))  # [B, R*S, hidden]
+    out = h @ _acc(w2) + _acc(b2)  # [B, R*S, 1 + Cf]
+    density = out[..., :1].reshape(B, R, S, 1)
+    color = (torch.sigmoid(out[..., 1:]) * 1.002 - 0.001).reshape(B, R, S, -1)
+    rgb, depth, weights = composite_rays_ref(color, density, _acc(depths).to(out.dtype), density_bias, white_back)
+    rgb, depth = rgb.to(planes.dtype), depth.to(planes.dtype)
+    return (rgb, depth, weights.detach().to(planes.dtype)) if return_weights else (rgb, depth)
+
+
 def default_lowpass_taps(num_taps: int = 5, sigma: float = 1.0, dtype=torch.float32, device=None) -> torch.Tensor:
     """Normalised 1-D Gaussian taps (sigma in output pixels) for :func:`pixel_shuffle_lowpass_ref`."""
     t = torch.arange(num_taps, dtype=torch.float64) - (num_taps - 1) / 2

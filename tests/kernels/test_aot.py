@@ -19,7 +19,7 @@ def test_aot_compiles_every_kernel_without_spills(tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) == len(all_specs()) * len(ARCHS)
     kernels = {spec.kernel.__name__ for spec in all_specs()}
-    for stem in ("_eadaln", "_triplane_sample", "_composite", "_psl"):  # every fused op, forward and backward
+    for stem in ("_eadaln", "_triplane_sample", "_composite", "_psl", "_render"):  # every fused op, fwd and bwd
         assert {f"{stem}_fwd_kernel", f"{stem}_bwd_kernel"} <= kernels, stem
     for name in kernels:
         archs = {r["arch"] for r in rows if r["kernel"] == name}
