@@ -9,6 +9,7 @@ checks the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -147,6 +148,38 @@ def saved_bytes(op: str, impl: str) -> tuple[int, list[torch.Tensor], tuple]:
     return total, saved, inputs
 
 
+def renderer_saved_bytes(kernel_impl: str, batch: int, size: str = "paper", split: bool = False) -> int:
+    """Bytes the preset's ``VolumeRenderer`` forward in training mode saves for backward *beyond the planes*, on fake
+    CUDA tensors: ``kernel_impl="triton"`` is the fused path (render_rays), ``"reference"`` the split path of plain
+    PyTorch; ``split=True`` forces the split path with the Triton kernels (the fast path before render_rays)."""
+    from unittest import mock
+
+    from export3d.model.config import preset  # the model only here: the op cases above stay kernel-only
+    from export3d.model.render import VolumeRenderer
+
+    cfg = preset(size)
+    force_split = mock.patch("export3d.model.render.renderer.use_triton", return_value=False)
+    with FakeTensorMode(), torch.device("cuda"), force_split if split else contextlib.nullcontext():
+        renderer = VolumeRenderer(cfg, kernel_impl=kernel_impl).train()
+        P = cfg.plane_resolution
+        planes = torch.randn(batch, 3, cfg.generator.plane_channels, P, P, device="cuda", requires_grad=True)
+        camera = torch.randn(batch, 25, device="cuda")
+        total, saved, _ = saved_tensor_bytes(renderer, planes, camera)
+    planes_kept = any(t.untyped_storage()._cdata == planes.untyped_storage()._cdata for t in saved)
+    return total - (planes.untyped_storage().nbytes() if planes_kept else 0)
+
+
+def renderer_table() -> str:
+    """Markdown table: the renderer's saved bytes per batch element beyond the planes, split vs fused path."""
+    lines = ["| batch | split path, `reference` | split path, Triton kernels (before) | fused `render_rays` (now) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for batch in (1, 8):
+        ref, before, now = (renderer_saved_bytes(impl, batch, split=split) / batch
+                            for impl, split in (("reference", False), ("triton", True), ("triton", False)))  # fmt: skip
+        lines.append(f"| {batch} | {_size(ref)} | {_size(before)} | {_size(now)} |")
+    return "\n".join(lines)
+
+
 def table() -> str:
     """Markdown table of saved bytes per op (and the whole minimal render), reference vs triton."""
     lines = ["| op (paper-preset size) | reference saves | triton saves | ratio |", "|---|---|---|---|"]
@@ -163,3 +196,5 @@ def _size(n: int) -> str:
 
 if __name__ == "__main__":
     print(table())
+    print()
+    print(renderer_table())

@@ -22,6 +22,7 @@ TRAIN_STAGES = (
     "tri-plane sampling",
     "decoder MLP",
     "compositing",
+    "fused rendering (render_rays)",
     "super-resolution",
     "discriminator",
     "losses",
@@ -151,6 +152,9 @@ def _function_stages(compiled: bool) -> list[tuple[object, str, str]]:
         (export3d.model.generator, "pixel_shuffle_lowpass", "generator: pixel shuffle + low-pass"),
         (export3d.model.render.renderer, "triplane_sample", "tri-plane sampling"),
         (export3d.model.render.renderer, "composite_rays", "compositing"),
+        # the Triton path (kernel_impl "triton", or "auto" on CUDA): sampling, decoder and compositing in one op
+        (export3d.model.render.renderer, "render_rays_weights", "fused rendering (render_rays)"),
+        (export3d.model.render.renderer, "render_rays", "fused rendering (render_rays)"),
     ]
     if not compiled:  # inside the compiled ViT blocks a timing wrapper would only add graph breaks
         units.append((export3d.model.blocks, "attention", "generator: attention"))

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.cases import renderer_saved_bytes
 from export3d.model.config import preset
 from export3d.model.render import (
     VolumeRenderer,
@@ -143,3 +144,43 @@ def test_renderer_outputs_and_eval_is_deterministic():
     c = renderer(planes, camera)
     assert not torch.equal(c.features, a.features), "training mode should jitter the samples"
     assert math.isfinite(c.features.sum().item())
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_fused_renderer_equals_the_split_reference(training):
+    """kernel_impl="triton" (render_rays_weights + render_rays, under the interpreter) against "reference" (today's
+    split path): same samples from the same seed, same images, depths and gradients to planes and decoder."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", image_size=32, render={"n_coarse": 8, "n_fine": 8})
+    renderer = VolumeRenderer(cfg, kernel_impl="reference").train(training)
+    renderer.resolution = 4  # 4 x 4 rays: one program per batch element under the interpreter
+    with torch.no_grad():
+        for p in renderer.decoder.parameters():  # non-zero biases, and a density head that makes surfaces
+            p.add_(torch.randn(p.shape) * 0.3)
+        renderer.decoder.density.bias.add_(2.0)
+    planes = (torch.randn(2, 3, cfg.generator.plane_channels, 8, 8) * 2).requires_grad_(True)
+    camera = look_at_camera(torch.tensor([0.0, 0.3]), torch.tensor([0.1, -0.1]))
+    leaves = [planes, *renderer.decoder.parameters()]
+
+    def run(kernel_impl):
+        renderer.kernel_impl = kernel_impl
+        torch.manual_seed(1)  # the jittered and importance samples of training mode
+        out = renderer(planes, camera)
+        loss = out.features.square().mean() + out.depth.mean()
+        return [out.features.detach(), out.depth.detach(), *torch.autograd.grad(loss, leaves)]
+
+    fused, split = run("triton"), run("reference")
+    assert split[0].std() > 0.01 and (split[1] < 3.29).any()  # something is rendered in front of the far plane
+    for name, a, b in zip(["features", "depth", "dplanes", *(n for n, _ in renderer.decoder.named_parameters())],
+                          fused, split, strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fused_renderer_training_forward_saves_under_8_mib_per_batch_element(batch):
+    """Issue 14's bound at the paper preset on fake CUDA tensors: at most 8 MiB per batch element beyond the planes
+    (the split path: ~417 MiB)."""
+    fused = renderer_saved_bytes("triton", batch)
+    split = renderer_saved_bytes("reference", batch)
+    assert fused <= 8 * 2**20 * batch, f"{fused / batch / 2**20:.2f} MiB per batch element"
+    assert split > 50 * fused

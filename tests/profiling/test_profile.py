@@ -105,3 +105,18 @@ def test_one_flag_name_per_meaning_across_the_command_lines():
         for action in parser._actions:
             assert action.help, f"{name} {action.option_strings} has no help"
             assert "preset's" not in action.help, f"{name} {action.option_strings}: show the real default"
+
+
+def test_fused_rendering_has_its_own_stage():
+    """With the Triton path (here the interpreter) the renderer's two render_rays calls are one named stage, and
+    the split path's stages stay empty."""
+    from tests.model.helpers import inputs, small_model
+
+    model = small_model(render={"n_coarse": 4, "n_fine": 4}).set_impl("fast", kernel_impl="triton")
+    model.eval()
+    timer = profile.StageTimer(cuda=False)
+    with stages.instrument(model, None, timer, compile_units=False), torch.no_grad():
+        model(*inputs(model, batch=1))
+    assert "fused rendering (render_rays)" in profile.TRAIN_STAGES
+    assert timer.stats["fused rendering (render_rays)"].calls == 2  # density-only coarse pass + final pass
+    assert "tri-plane sampling" not in timer.stats and "compositing" not in timer.stats

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export3d.kernels import composite_rays, triplane_sample
+from export3d.kernels import composite_rays, render_rays, render_rays_weights, triplane_sample
+from export3d.kernels.utils import use_triton
 from export3d.model.config import ModelConfig
 from export3d.model.render.cameras import camera_rays
 from export3d.model.render.sampling import importance_depths, stratified_depths
@@ -46,6 +47,12 @@ class TriplaneDecoder(nn.Module):
             nn.init.normal_(fc.weight, std=1.0 / math.sqrt(fc.in_features))
             nn.init.zeros_(fc.bias)
 
+    def fused_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(w1 [C, hidden], b1, w2 [hidden, 1 + Cf], b2)`` in :func:`export3d.kernels.render_rays`' layout: the
+        density head is column 0 of the one output head, the colour head the rest (views and a small concat)."""
+        w2 = torch.cat([self.density.weight, self.color.weight]).t()
+        return self.fc.weight.t(), self.fc.bias, w2, torch.cat([self.density.bias, self.color.bias])
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features ``[B, N, C]`` -> colours ``[B, N, Cf]`` in [-0.001, 1.001] and raw densities ``[B, N, 1]``."""
         h = F.softplus(self.fc(features))  # [B, N, hidden]
@@ -58,8 +65,15 @@ class VolumeRenderer(nn.Module):
 
     Training mode jitters the stratified depths and draws the importance samples at random; eval mode
     uses the fixed grid and ``u = linspace(0, 1)``, so evaluation is deterministic. Rays, plane sampling
-    and compositing run in fp32 whatever the tri-plane dtype (only the decoder MLP follows autocast);
-    the outputs are fp32.
+    and compositing run in fp32 whatever the tri-plane dtype; the outputs are fp32.
+
+    Two paths with the same samples and results. When the fused ops run Triton (``kernel_impl="triton"``, or
+    ``"auto"`` on CUDA), the coarse pass is :func:`render_rays_weights` (density only, no autograd) and the final
+    pass :func:`render_rays` over the sorted union of coarse and fine depths, which recomputes every sample in
+    its backward: nothing ``[B, R, S, C]``-shaped is materialised or saved, and the decoder runs in fp32 inside
+    the kernel (autocast does not apply to it). Otherwise (``"reference"``, or ``"auto"`` on the CPU) the split
+    path runs: ``triplane_sample``, the decoder module (which follows autocast), ``composite_rays``; it is the
+    oracle the fused path is tested against.
     """
 
     def __init__(self, config: ModelConfig, kernel_impl: str = "auto"):
@@ -69,7 +83,7 @@ class VolumeRenderer(nn.Module):
         self.n_coarse, self.n_fine = r.n_coarse, r.n_fine
         self.ray_start, self.ray_end, self.box_warp, self.axes = r.ray_start, r.ray_end, r.box_warp, r.axes
         self.density_bias, self.white_back = r.density_bias, r.white_back
-        self.kernel_impl = kernel_impl  # impl of triplane_sample and composite_rays
+        self.kernel_impl = kernel_impl  # impl of the fused ops (render_rays or triplane_sample + composite_rays)
         self.decoder = TriplaneDecoder(config.generator.plane_channels, r.decoder_hidden, r.feature_channels)
 
     def initialize_weights(self) -> None:
@@ -88,6 +102,16 @@ class VolumeRenderer(nn.Module):
     def _composite(self, colors, densities, depths):
         return composite_rays(colors, densities, depths, self.density_bias, self.white_back, impl=self.kernel_impl)
 
+    def _render_fused(self, planes, origins, directions, coarse):
+        """The Triton path: -> rgb ``[B, R, Cf]``, depth ``[B, R, 1]`` (same samples as the split path)."""
+        decoder = self.decoder.fused_weights()
+        opts = {"axes": self.axes, "box_warp": self.box_warp, "density_bias": self.density_bias}
+        weights_c = render_rays_weights(planes, origins, directions, coarse, *decoder, **opts, impl=self.kernel_impl)
+        fine = importance_depths(coarse, weights_c, self.n_fine, deterministic=not self.training)  # [B, R, Sf, 1]
+        depths = torch.sort(torch.cat([coarse, fine], dim=2), dim=2).values  # [B, R, Sc+Sf, 1]
+        return render_rays(planes, origins, directions, depths, *decoder, **opts, white_back=self.white_back,
+                           impl=self.kernel_impl)  # fmt: skip
+
     def forward(self, planes: torch.Tensor, camera: torch.Tensor) -> RenderOutput:
         B, res = planes.shape[0], self.resolution
         planes = planes.float()  # geometry, sampling and compositing run in fp32, also under autocast
@@ -95,6 +119,9 @@ class VolumeRenderer(nn.Module):
         R = origins.shape[1]
         coarse = stratified_depths(B, R, self.n_coarse, self.ray_start, self.ray_end, jitter=self.training,
                                    device=planes.device)  # [B, R, Sc, 1]  # fmt: skip
+        if use_triton(self.kernel_impl, planes, op="VolumeRenderer"):
+            rgb, depth = self._render_fused(planes, origins, directions, coarse)
+            return self._output(rgb, depth, B, res)
         colors_c, densities_c = self._query(planes, origins, directions, coarse)
         _, _, weights_c = self._composite(colors_c, densities_c, coarse)  # [B, R, Sc-1, 1]
         fine = importance_depths(coarse, weights_c, self.n_fine, deterministic=not self.training)  # [B, R, Sf, 1]
@@ -104,7 +131,10 @@ class VolumeRenderer(nn.Module):
         colors = torch.cat([colors_c, colors_f], dim=2).gather(2, order.expand(-1, -1, -1, colors_c.shape[-1]))
         densities = torch.cat([densities_c, densities_f], dim=2).gather(2, order)
         rgb, depth, _ = self._composite(colors, densities, depths)  # [B, R, Cf], [B, R, 1]
+        return self._output(rgb, depth, B, res)
 
+    @staticmethod
+    def _output(rgb: torch.Tensor, depth: torch.Tensor, B: int, res: int) -> RenderOutput:
         features = rgb.transpose(1, 2).reshape(B, -1, res, res)  # [B, Cf, r, r]
         return RenderOutput(
             features=features,
