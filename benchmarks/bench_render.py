@@ -43,3 +43,41 @@ def test_render_forward_backward(benchmark, provider, size):
         benchmark.extra_info.update(dims, provider=provider, **machine_info())
         benchmark.pedantic(step, rounds=5 if size == "paper" else 20, warmup_rounds=1)
         benchmark.extra_info.update(measure_memory(step, dev, forward=forward))
+
+
+RENDERER_SIZES = {"paper": 1, "tiny": 8}  # the preset's training batch on the benchmarked device (paper: batch 1)
+
+
+@pytest.mark.parametrize("size", list(RENDERER_SIZES))
+@pytest.mark.parametrize("provider", ["reference", "triton"])
+def test_volume_renderer_forward_backward(benchmark, provider, size):
+    """The whole ``VolumeRenderer`` in training mode, forward + backward to the planes and the decoder:
+    ``reference`` is the split path of plain PyTorch, ``triton`` the fused path (render_rays_weights for the
+    coarse pass, render_rays for the final one; CUDA only)."""
+    from export3d.model.config import preset
+    from export3d.model.render import VolumeRenderer, look_at_camera
+
+    dev = device()
+    if provider == "triton" and dev != "cuda":
+        pytest.skip(TRITON_SKIP)
+    cfg, batch = preset(size), RENDERER_SIZES[size]
+    with threads_for_benchmarks():
+        torch.manual_seed(0)
+        renderer = VolumeRenderer(cfg, kernel_impl=provider).to(dev).train()
+        P = cfg.plane_resolution
+        planes = torch.randn(batch, 3, cfg.generator.plane_channels, P, P, device=dev, requires_grad=True)
+        camera = look_at_camera(torch.linspace(-0.3, 0.3, batch), torch.zeros(batch)).to(dev)
+
+        def forward():
+            return renderer(planes, camera)
+
+        def step():
+            out = forward()
+            (out.features.square().mean() + out.depth.mean()).backward()
+            sync(dev)
+
+        step()  # warm-up
+        benchmark.group = f"volume renderer fwd+bwd {size}"
+        benchmark.extra_info.update(size=size, batch=batch, provider=provider, **machine_info())
+        benchmark.pedantic(step, rounds=3 if size == "paper" else 10, warmup_rounds=1)
+        benchmark.extra_info.update(measure_memory(step, dev, forward=forward))
