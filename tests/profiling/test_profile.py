@@ -112,8 +112,8 @@ def test_fused_rendering_has_its_own_stage():
     the split path's stages stay empty."""
     from tests.model.helpers import inputs, small_model
 
-    model = small_model(render={"n_coarse": 4, "n_fine": 4}).set_impl("fast", kernel_impl="triton")
-    model.eval()
+    model = small_model(render={"n_coarse": 4, "n_fine": 4}).eval()
+    model.renderer.kernel_impl = "triton"  # the renderer only: the generator's kernels would only slow this down
     timer = profile.StageTimer(cuda=False)
     with stages.instrument(model, None, timer, compile_units=False), torch.no_grad():
         model(*inputs(model, batch=1))
