@@ -9,12 +9,13 @@ OSGDecoder (``axes="eg3d"`` loads its planes unchanged) or a separate density an
 
 Forward (``render_rays_kernels._render_fwd_kernel``): one program per block of BLOCK_R rays of one batch
 element walks the samples in order; per sample it gathers the three planes' taps, runs the MLP in registers
-(``tl.dot`` in IEEE fp32, see the kernels' docstring for why not TF32) and composites exactly as
-``composite_rays``' kernel does (same stable softplus, expm1-style alpha, depth clamp). It keeps per ray only
-what ``composite_rays`` keeps: ``rgb_acc [B, R, Cf]`` and ``stats [B, R, 3]`` (fp32). Nothing per sample is
-written (except the weights when asked) or saved.
+(``tl.dot`` with fp32-level products, IEEE or tf32x3, never plain TF32: see the kernels' docstring) and
+composites exactly as ``composite_rays``' kernel does (same stable softplus, expm1-style alpha, depth clamp).
+It keeps per ray only what ``composite_rays`` keeps: ``rgb_acc [B, R, Cf]`` and ``stats [B, R, 3]`` (fp32).
+Nothing per sample is written (except the weights when asked) or saved.
 
-Backward (``_render_bwd_kernel``): the same grid walks the samples again, recomputing each sample's features,
+Backward (``_render_bwd_kernel``; on GPU two launches, see ``_bwd_parts``): the same grid walks the samples
+again, recomputing each sample's features,
 hidden layer and outputs; composite_rays' suffix-sum backward gives each interval's density and colour
 gradient, and one step later (when both intervals of a sample are known) the sample is back-propagated through
 the decoder: ``dw2 += h^T do``, ``dh = do w2^T``, ``dpre = dh * sigmoid(pre)``, ``dw1 += f^T dpre``, ``df = dpre
