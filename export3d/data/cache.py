@@ -24,6 +24,7 @@ class CachedSource:
         self.source = source
         self.clips = source.clips
         self.resolution = source.resolution
+        self.expression_dim = source.expression_dim
         self.max_frames = max_frames
         self._frames: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.hits = self.misses = 0

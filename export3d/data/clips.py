@@ -14,7 +14,9 @@ Layout of a dataset root::
 ``clip`` is the clip folder relative to the root (and the clip's name), ``identity`` an int or a
 string (strings are mapped to ints by sorted order), ``frames`` = T, ``split`` e.g. "train"/"test".
 ``resolution`` is optional (images must then all share the first frame's size). ``expression`` is
-the 64-d 3DMM vector (Deep3DFaceRecon coefficients 80:144); ``camera`` the EG3D 25-d camera (see
+the 3DMM vector, 64-d by default (Deep3DFaceRecon coefficients 80:144); an optional top-level
+``"expression_dim"`` gives another size E (52 for the MediaPipe blendshapes written by
+``export3d.data.prepare``), and ``expression`` is then ``[T, E]``. ``camera`` is the EG3D 25-d camera (see
 ``cameras``). Frames are square RGB images of the stated resolution. A synthetic export may also
 store ``true_expression [T, 6]`` in ``params.npz``; it is loaded when present.
 
@@ -135,6 +137,10 @@ class ClipFolder:
         if meta.get("format", FORMAT) != FORMAT:
             raise ClipFormatError(manifest, f"'format' is {meta['format']!r}, expected {FORMAT!r}")
         self.resolution = resolution or meta.get("resolution")
+        dim = meta.get("expression_dim") or BETA_DIM
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ClipFormatError(manifest, f"'expression_dim' must be a positive int, got {dim!r}")
+        self.expression_dim = dim
         entries = [self._entry(manifest, i, e) for i, e in enumerate(meta["clips"])]
         names = [e["clip"] for e in entries]
         if len(set(names)) != len(names):
@@ -177,7 +183,7 @@ class ClipFolder:
             raise ClipFormatError(path, "missing params.npz")
         try:
             npz = read_npz(path)
-            params = {"beta": check_array(path, npz, "expression", BETA_DIM, clip.frames),
+            params = {"beta": check_array(path, npz, "expression", self.expression_dim, clip.frames),
                       "camera": check_array(path, npz, "camera", CAMERA_DIM, clip.frames)}
             if "true_expression" in npz.files:
                 params["true_expression"] = check_array(path, npz, "true_expression", N_EXPRESSION, clip.frames)
@@ -256,7 +262,7 @@ class ClipFolder:
         return from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))  # [n, 3, R, R]
 
     def load(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[dict[str, torch.Tensor]]:
-        """Per (clip index, frames): "image" # [n, 3, R, R], "beta" # [n, 64], "camera" # [n, 25] (+ extras)."""
+        """Per (clip index, frames): "image" # [n, 3, R, R], "beta" # [n, E], "camera" # [n, 25] (+ extras)."""
         out = []
         for clip, frames in requests:
             frames = list(frames)

@@ -24,12 +24,13 @@ class ClipSource(Protocol):
     """Anything that serves frames of clips: ``SyntheticClips`` and ``ClipFolder`` implement it.
 
     ``load`` takes a list of (clip index, frame indices) requests and returns, per request, a dict:
-    ``"image"`` # [n, 3, R, R] in [-1, 1], ``"beta"`` # [n, 64], ``"camera"`` # [n, 25] and, for
+    ``"image"`` # [n, 3, R, R] in [-1, 1], ``"beta"`` # [n, E], ``"camera"`` # [n, 25] and, for
     synthetic data only, ``"true_expression"`` # [n, 6]. All requests are served in one call so a
     source can batch its work (the synthetic renderer traces them in one vectorised pass).
     """
 
     resolution: int
+    expression_dim: int  # E, the width of "beta" (64 for 3DMM / synthetic data, 52 for MediaPipe blendshapes)
     clips: Sequence[ClipInfo]
 
     def load(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[dict[str, torch.Tensor]]: ...

@@ -208,6 +208,7 @@ class SyntheticClips:
         self.split = split
         self.heads = SyntheticHeads(config)
         self.resolution = config.resolution
+        self.expression_dim = BETA_DIM
         self.clips = [ClipInfo(f"{split}/id{i:07d}_clip{c:02d}", i, config.frames_per_clip, split)
                       for i in config.identities(split) for c in range(config.clips_per_identity)]
 

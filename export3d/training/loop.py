@@ -222,6 +222,9 @@ def main(cfg: TrainConfig) -> TrainResult:
     # data, model, losses, optimisers
     model_cfg = preset(cfg.preset, **model_overrides(cfg))
     train_src, test_src = build_sources(cfg, model_cfg.image_size)
+    if train_src.expression_dim != model_cfg.expression_dim:  # E belongs to the data: 52 for MediaPipe blendshapes
+        model_cfg = dataclasses.replace(model_cfg, lebs=dataclasses.replace(model_cfg.lebs,
+                                                                            expression_dim=train_src.expression_dim))
     pairs = ReconstructionPairs(train_src, seed=cfg.seed)
     groups = ContrastiveGroups(train_src, k=cfg.clebs_negatives, groups_per_clip=8, seed=cfg.seed)
     model = Export3D(model_cfg).to(device)
