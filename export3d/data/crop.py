@@ -51,14 +51,22 @@ class CropBoxes:
 
 
 def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing along axis 0 (renormalised at the ends). # [T, ...] -> [T, ...]"""
-    if sigma <= 0 or len(values) < 2:
-        return values.astype(np.float64)
-    radius = int(np.ceil(3 * sigma))
+    """Gaussian smoothing along axis 0. # [T, ...] -> [T, ...] float64
+
+    The ends are extended by point reflection (``2 x[0] - x[k]``), so a face moving steadily at the start or the
+    end of a clip is followed without lag (a plain truncated kernel would pull the crop back there).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    radius = min(int(np.ceil(3 * sigma)), len(values) - 1)
+    if sigma <= 0 or radius < 1:
+        return values.copy()
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    flat = values.reshape(len(values), -1).astype(np.float64)
-    ones = np.convolve(np.ones(len(values)), kernel, mode="same")
-    out = np.stack([np.convolve(flat[:, k], kernel, mode="same") for k in range(flat.shape[1])], 1) / ones[:, None]
+    kernel /= kernel.sum()
+    flat = values.reshape(len(values), -1)
+    head = 2 * flat[0] - flat[1:radius + 1][::-1]
+    tail = 2 * flat[-1] - flat[-radius - 1:-1][::-1]
+    padded = np.concatenate([head, flat, tail])
+    out = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(flat.shape[1])], 1)
     return out.reshape(values.shape)
 
 

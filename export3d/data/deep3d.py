@@ -26,6 +26,12 @@ CAMERA_DISTANCE = 10.0  # Deep3DFaceRecon's camera sits 10 units in front of the
 EG3D_SCALE = 0.27  # EG3D: "normalize camera radius"
 EG3D_OFFSET = np.array([0.0, 0.006, 0.161])  # EG3D: "additional offset used in submission"
 EG3D_RADIUS = 2.7  # preprocess_cameras.py, fix_pose_orig
+
+
+class Deep3DFormatError(ValueError):
+    """Coefficient files that cannot be used; the message starts with the file or folder."""
+
+
 COEFF_SLICES = {"exp": slice(80, 144), "angle": slice(224, 227), "trans": slice(254, 257)}  # in the 257-d vector
 
 
@@ -69,18 +75,19 @@ def _coefficients(path: Path) -> dict[str, np.ndarray]:
     try:
         mat = loadmat(path)
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: cannot read Deep3DFaceRecon coefficients: {err}") from err
+        raise Deep3DFormatError(f"{path}: cannot read Deep3DFaceRecon coefficients: {err}") from err
     if all(k in mat for k in ("exp", "angle", "trans")):
         out = {k: np.asarray(mat[k], dtype=np.float64).reshape(-1) for k in ("exp", "angle", "trans")}
     elif "coeffs" in mat and np.asarray(mat["coeffs"]).size == 257:
         flat = np.asarray(mat["coeffs"], dtype=np.float64).reshape(-1)
         out = {k: flat[s] for k, s in COEFF_SLICES.items()}
     else:
-        raise ValueError(f"{path}: expected Deep3DFaceRecon arrays 'exp', 'angle', 'trans' (or a 257-d 'coeffs'), "
-                         f"found {sorted(k for k in mat if not k.startswith('__'))}")
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise Deep3DFormatError(f"{path}: expected Deep3DFaceRecon arrays 'exp', 'angle', 'trans' "
+                                f"(or a 257-d 'coeffs'), found {found}")
     for key, size in (("exp", 64), ("angle", 3), ("trans", 3)):
         if out[key].size != size or not np.isfinite(out[key]).all():
-            raise ValueError(f"{path}: {key!r} must hold {size} finite values, got {out[key].size}")
+            raise Deep3DFormatError(f"{path}: {key!r} must hold {size} finite values, got {out[key].size}")
     return out
 
 
@@ -88,11 +95,11 @@ def read_deep3d_clip(folder: Path, image_suffixes: tuple[str, ...] = (".png", ".
     """One folder of images with one ``.mat`` per image (same stem) -> a clip; frames in file-name order."""
     mats = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".mat")
     if not mats:
-        raise ValueError(f"{folder}: no Deep3DFaceRecon .mat files")
+        raise Deep3DFormatError(f"{folder}: no Deep3DFaceRecon .mat files")
     images = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in image_suffixes}
     missing = [m.name for m in mats if m.stem not in images]
     if missing:
-        raise ValueError(f"{folder}: no image for {len(missing)} coefficient file(s), first {missing[0]!r} "
+        raise Deep3DFormatError(f"{folder}: no image for {len(missing)} coefficient file(s), first {missing[0]!r} "
                          f"(expected an image with the same name and one of {image_suffixes})")
     coeffs = [_coefficients(m) for m in mats]
     angles = np.stack([c["angle"] for c in coeffs])

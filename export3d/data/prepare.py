@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from export3d.data.clips import FORMAT, VERSION
+from export3d.data.deep3d import Deep3DFormatError
 from export3d.data.frames import VideoError, is_video
 
 SPLITS_BY = ("identity", "clip", "none")
@@ -275,7 +276,7 @@ def prepare(inputs: Sequence[str | Path], out: str | Path, cfg: PrepareConfig = 
             except SkipClip as err:
                 skipped.append({"source": str(job.source), "clip": job.name, "reason": f"too few frames: {err}"})
                 tqdm.write(f"skipped {job.source}: too few frames: {err}", file=sys.stderr)
-            except (VideoError, ValueError) as err:
+            except (VideoError, Deep3DFormatError) as err:
                 failures.append({"source": str(job.source), "clip": job.name, "reason": f"unreadable: {err}"})
                 tqdm.write(f"error: {err} (continuing with the other videos)", file=sys.stderr)
             if info["expression"]["names"] is None and old.get("expression"):
