@@ -123,7 +123,7 @@ def commit_clip(out: Path, job: Job, images: list[np.ndarray], arrays: dict[str,
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for t, px in enumerate(images):
-        Image.fromarray(px).save(tmp / f"{t:05d}.png")
+        Image.fromarray(px).save(tmp / f"{t:05d}.png", compress_level=1)  # PIL's default level 6 dominated a profile
     np.savez(tmp / "params.npz", **arrays)
     (tmp / "clip.json").write_text(json.dumps(record, indent=1))
     final = out / job.name
