@@ -247,6 +247,13 @@ def prepare(inputs: Sequence[str | Path], out: str | Path, cfg: PrepareConfig = 
         shutil.rmtree(stale)
     manifest = out / "manifest.json"
     old = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if old.get("clips") and old.get("resolution") != cfg.size:
+        raise ValueError(f"--out {out} already holds {old.get('resolution')} px clips; rerun with --size "
+                         f"{old.get('resolution')} to resume, or choose another --out for {cfg.size} px")
+    was_deep3d = old.get("expression", {}).get("source", "").startswith("Deep3DFaceRecon")
+    if old.get("clips") and was_deep3d != deep3d:
+        raise ValueError(f"--out {out} already holds clips from {'--from-deep3d' if was_deep3d else 'videos'}; "
+                         "expression vectors of the two kinds cannot share a dataset: choose another --out")
     skipped = [s for s in old.get("skipped", []) if s.get("reason", "").startswith("too few")]
     done = {s["source"] for s in skipped} | {
         json.loads(p.read_text())["source"] for p in out.rglob("clip.json") if ".tmp-" not in p.as_posix()}

@@ -119,6 +119,8 @@ def test_rerun_resumes_without_redoing_finished_clips(prepared):
     assert not list(out.glob(".tmp-*"))
     assert [c["clip"] for c in manifest["clips"]] == ["astronaut", "gaps"]
     assert {s["clip"] for s in manifest["skipped"]} == {"short", "broken"}  # the broken one was retried
+    with pytest.raises(ValueError, match=f"--out {out} already holds {SIZE} px clips; rerun with --size {SIZE}"):
+        prepare([videos], out, PrepareConfig(size=2 * SIZE), progress=False)
 
 
 def test_test_split_is_a_stable_share_of_names():
