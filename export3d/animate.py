@@ -5,9 +5,13 @@ square and resized to the model's resolution; the model expects a face crop with
 centre, like its training data) or ``synthetic:ID`` (a synthetic test identity of the checkpoint's
 run: its most frontal frame of clip 0). Exactly one driving signal:
 
-- ``--driving FOLDER``: one clip folder of the on-disk format (``params.npz`` with ``expression [T, 64]``
+- ``--driving FOLDER``: one clip folder of the on-disk format (``params.npz`` with ``expression [T, E]``
   and ``camera [T, 25]``, plus optional frames: PNG/JPEG files or one mp4); each frame's expression
   and camera drive one output frame.
+- ``--driving VIDEO``: a real video (mp4, mov, ...) or a folder of frame images without ``params.npz``: each
+  frame's expression (52 MediaPipe blendshapes) and camera (PnP head pose) come from the per-frame pipeline
+  of ``python -m export3d.data.prepare``; the checkpoint must take 52-d expressions (trained with
+  ``--expression-source landmarker`` or on prepared clips). Frames without a face are dropped and counted.
 - ``--driving synthetic:ID[:CLIP]``: a synthetic test clip; ID indexes the test identities (0, 1, ...)
   or is an identity itself (>= 1000000); CLIP defaults to 0.
 - ``--orbit``: the source's own expression (a synthetic source's beta; for an image, the neutral
@@ -34,7 +38,9 @@ from tqdm import tqdm
 from export3d.data import orbit_camera_deg
 from export3d.evaluation.animation import (
     Driving,
+    is_driving_video,
     load_clip_folder,
+    load_driving_video,
     load_source,
     orbit_cameras,
     render_frames,
@@ -61,8 +67,12 @@ def build_driving(args: argparse.Namespace, model: Export3D, meta: dict, beta: t
         frames = range(min(source.clips[clip].frames, args.max_frames or sys.maxsize))
         data = source.load([(clip, list(frames))])[0]
         betas, cameras, images, label = data["beta"], data["camera"], data["image"], source.clips[clip].name
+    elif args.driving is not None and is_driving_video(args.driving):
+        betas, cameras, images, record = load_driving_video(args.driving, H, model.config.expression_dim,
+                                                            args.max_frames, progress=not args.quiet)  # fmt: skip
+        label = f"{args.driving} ({record['frames']} frames with a face, {record['dropped_no_face']} without dropped)"
     elif args.driving is not None:
-        betas, cameras, images = load_clip_folder(args.driving, H)
+        betas, cameras, images = load_clip_folder(args.driving, H, model.config.expression_dim)
         keep = slice(0, args.max_frames)  # max_frames None keeps every frame
         betas, cameras, images = betas[keep], cameras[keep], None if images is None else images[keep]
         label = str(args.driving)
@@ -161,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="an image file (a face crop, nose at the centre) or synthetic:ID")
     p.add_argument("--out", required=True, help="output video, OUT.mp4")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--driving", help="a clip folder (params.npz + frames) or synthetic:ID[:CLIP]")
+    mode.add_argument("--driving", help="a clip folder (params.npz + frames), a video (mp4, mov, ...) or folder of "
+                                        "frames, or synthetic:ID[:CLIP]")
     mode.add_argument("--orbit", action="store_true", help="the source's expression, camera sweeping yaw and pitch")
     mode.add_argument("--basis", type=int, metavar="K", help="scale coefficient K (1..n) of the learned basis")
     p.add_argument("--range", type=float, nargs=2, metavar=("A", "B"), help="--basis: from A to B (Fig. 9: 1 10)")

@@ -5,10 +5,11 @@ data from its "train_config" (the synthetic generator's seed and sizes) unless `
 otherwise. Reported: same-identity PSNR / SSIM / LPIPS against the driving frame; cross-identity PSNR /
 SSIM / LPIPS against the rendered ground truth (synthetic data only); the copy-the-source baseline;
 the identity leak of the expression code (held-out accuracy of a linear identity probe on beta and
-on beta' = encode_expression(beta), with chance level); and the paper's AKD / CSIM / AED / APD when
-face models are supplied (``--landmarks-weights``, ``--identity-weights``, ``--3dmm-weights``).
-Without them those columns read "not run: <reason>", never a number.
-The extractor contract is in :mod:`export3d.evaluation.extractors` (and in ``--help``).
+on beta' = encode_expression(beta), with chance level); and the paper's AKD / CSIM / AED / APD, by default
+from offline face tools when the ``faces`` extra is installed (MediaPipe landmarks, blendshapes and PnP pose;
+dlib 68 points and face descriptor: :mod:`export3d.evaluation.face_metrics`), or from the paper's face models
+when supplied (``--landmarks-weights``, ``--identity-weights``, ``--3dmm-weights``). A column with neither
+reads "not run: <reason>", never a number. The extractor contract is in :mod:`export3d.evaluation.extractors`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 from pathlib import Path
 
 from export3d.evaluation import extractors
-from export3d.evaluation.extractors import COLUMNS, EXTRACTOR_FLAGS, HIGHER_IS_BETTER, build_extractors
+from export3d.evaluation.extractors import COLUMNS, HIGHER_IS_BETTER
+from export3d.evaluation.face_metrics import build_face_metrics
 from export3d.evaluation.loading import held_out_source, load_model, model_config_from_meta
 from export3d.evaluation.metrics import build_lpips
 from export3d.evaluation.probe import PROBES, identity_leak
@@ -86,26 +88,22 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     train_cfg = meta.get("train_config") or {}
     source = held_out_source(meta, args.data, model.config.image_size)
     pairs = args.pairs if args.pairs is not None else train_cfg.get("eval_pairs") or 64
-    extra = build_extractors(args, device)
+    extra = build_face_metrics(args, device)
     lpips_model, lpips_info = build_lpips(args.vgg_weights)  # its random-VGG fallback is seeded: repeatable
     metrics = evaluate(model, source, lpips_model.to(device), device, pairs=pairs, batch_size=args.batch_size,
                        seed=train_cfg.get("seed", 0), on_batch=extra.update)  # fmt: skip
-    for setting, block in metrics.items():
-        for method in ("model", "copy_source") if block else ():
-            block[method].update(extra.results(setting, method))
+    extra.add_to(metrics)
     data = args.data or train_cfg.get("data", "synthetic")
     result = {"checkpoint": str(folder), "step": meta.get("step"), "weights": meta["weights"],
               "preset": model.config.name, "image_size": model.config.image_size,
               "expression_encoder": model.config.expression_encoder, "data": data, **metrics,
               "identity_leak": identity_leak(model, source, args.probe),
               "lpips_network": dataclasses.asdict(lpips_info),
-              "extractors": {k: (EXTRACTOR_FLAGS[k] + " " + str(p) if p else "not run: " + extra.reasons[k])
-                             for k, p in (("landmarks", args.landmarks_weights), ("identity", args.identity_weights),
-                                          ("3dmm", args.threedmm_weights))}}  # fmt: skip
+              "extractors": extra.describe()}
     print(f"export3d.evaluate: {folder} (step {result['step']}, {result['weights']} weights, "
           f"preset {result['preset']}, {result['image_size']} px, expression encoder {result['expression_encoder']}), "
           f"{data} test split; {lpips_info.describe()}")
-    print(format_paper_table(result))
+    print("\n".join([format_paper_table(result), *extra.footer(result)]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(args.json), result)
@@ -134,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-weights", help="face identity embedder, e.g. ArcFace (.pt2 / TorchScript) -> CSIM")
     p.add_argument("--3dmm-weights", dest="threedmm_weights", help="3DMM fitter (.pt2 / TorchScript) -> AED, APD")
     p.add_argument("--extractor-plugin", help="module with build_landmarks/build_identity/build_3dmm(path)")
+    p.add_argument("--no-face-metrics", action="store_true",
+                   help="skip the offline AKD / CSIM / AED / APD (MediaPipe + dlib; the default with the faces extra)")
     ablation.add_arguments(p)
     return p
 

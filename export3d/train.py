@@ -12,6 +12,7 @@ import dataclasses
 import sys
 import time
 
+from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS
 from export3d.training import runs
 from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
@@ -57,6 +58,8 @@ HELP = {
     "cache_frames": "keep up to this many training frames in memory (0: render every time)",
     "threads": "torch intra-op threads (>= 1)",
     "fps": "synthetic clip frame rate",
+    "expression_source": "synthetic expression vector: beta (64-d, constructed) or landmarker (52 MediaPipe "
+                         "blendshapes read from each rendered frame, as real videos give; cached on disk)",
     "expression_encoder": "clebs: pre-trained, frozen f_e (paper); lebs: f_e trained end to end; direct: beta itself",
     "n_basis": "LeBS basis size n (default: 10, the model presets' value)",
     "conditioning": "how the expression code conditions the generator",
@@ -66,7 +69,8 @@ HELP = {
     "amp": "bf16 autocast (CUDA only)",
     "deterministic": "torch.use_deterministic_algorithms (bit-exact resume on CPU)",
 }
-CHOICES = {"impl": IMPLS, "expression_encoder": EXPRESSION_ENCODERS, "conditioning": CONDITIONINGS}
+CHOICES = {"impl": IMPLS, "expression_encoder": EXPRESSION_ENCODERS, "conditioning": CONDITIONINGS,
+           "expression_source": EXPRESSION_SOURCES}
 TYPES = {"data": str, "out": str, "clebs_steps": int, "rec_steps": int, "adv_steps": int, "batch_size": int,
          "clebs_clips": int, "clebs_negatives": int, "lr": float, "clebs_lr": float, "d_lr": float, "adv_weight": float,
          "lpips_weight": float, "lpips_every": int, "device": str, "impl": str, "seed": int, "resume": str,
@@ -74,7 +78,7 @@ TYPES = {"data": str, "out": str, "clebs_steps": int, "rec_steps": int, "adv_ste
          "eval_pairs": int, "train_identities": int, "test_identities": int, "clips_per_identity": int,
          "frames_per_clip": int, "stop_after": int, "cache_frames": int, "threads": int, "fps": float,
          "expression_encoder": str, "n_basis": int, "conditioning": str, "ema_half_life_images": float,
-         "ema_rampup": float}  # fmt: skip
+         "ema_rampup": float, "expression_source": str}  # fmt: skip
 SWITCHES = ("compile", "amp", "deterministic")
 
 

@@ -309,6 +309,7 @@ def export_synthetic(config: SyntheticConfig, root: str | Path, splits: Sequence
                        {"true_expression": data["true_expression"]}, video)
             entries.append({"clip": clip.name, "identity": clip.identity, "frames": clip.frames, "split": split})
     meta = {"format": FORMAT, "version": VERSION, "resolution": config.resolution, "clips": entries,
+            "expression_dim": SyntheticClips(config, splits[0]).expression_dim if splits else BETA_DIM,
             "generator": {"name": "export3d.data.synthetic", "config": asdict(config)}}
     root.mkdir(parents=True, exist_ok=True)
     tmp = manifest.with_suffix(".json.tmp")

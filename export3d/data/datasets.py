@@ -175,7 +175,7 @@ class CrossIdentityTriples(_ClipDataset):
         pairs = [self._draw(self._check_index(i)) for i in indices]
         keys = [k for pair in pairs for k in pair]  # A0, B0, A1, B1, ...
         expr, cams = heads.expression(keys), heads.camera(keys)
-        betas = heads.beta(keys, expr)
+        betas = self.source.beta(keys, expr)  # the split's expression source (beta or landmarker blendshapes)
         # One render pass: every A frame, every B frame, and every A-with-B's-expression-from-B's-camera.
         ids = [k.identity for k in keys] + [a.identity for a, _ in pairs]
         images = heads.render(ids, torch.cat([expr, expr[1::2]]), torch.cat([cams, cams[1::2]]))

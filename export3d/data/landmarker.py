@@ -38,8 +38,8 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingExtraError(f"{module} is needed to prepare clips from videos but is not installed: "
-                                f"{EXTRA_HINT}") from err
+        raise MissingExtraError(f"{module} is needed by the face tools (prepare, face metrics, video driving) "
+                                f"but is not installed: {EXTRA_HINT}") from err
 
 
 def bundle_path() -> Path:
@@ -133,11 +133,14 @@ class FaceLandmarker:
 
     ``detect(frame, time_ms)``: frame # [H, W, 3] uint8 RGB -> :class:`Face`, or None when no face is found.
     Timestamps must increase within one video; call :meth:`reset` (a new tracker) before the next video.
+    ``video=False``: unrelated still images (MediaPipe IMAGE mode: every frame is detected afresh; ``time_ms``
+    is ignored), as the evaluation metrics and the synthetic expression source use it.
     """
 
-    def __init__(self, bundle: str | Path | None = None, min_confidence: float = 0.5):
+    def __init__(self, bundle: str | Path | None = None, min_confidence: float = 0.5, video: bool = True):
         self.bundle = Path(bundle) if bundle else bundle_path()
         self.min_confidence = min_confidence
+        self.video = video
         self.blendshape_names: list[str] | None = None
         self._task = None
 
@@ -147,7 +150,8 @@ class FaceLandmarker:
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
         options = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(self.bundle)), running_mode=vision.RunningMode.VIDEO,
+            base_options=BaseOptions(model_asset_path=str(self.bundle)),
+            running_mode=vision.RunningMode.VIDEO if self.video else vision.RunningMode.IMAGE,
             num_faces=1, min_face_detection_confidence=self.min_confidence,
             min_face_presence_confidence=self.min_confidence, min_tracking_confidence=self.min_confidence,
             output_face_blendshapes=True)  # fmt: skip
@@ -158,13 +162,13 @@ class FaceLandmarker:
         self.close()
         self._task = self._create()
 
-    def detect(self, frame: np.ndarray, time_ms: int) -> Face | None:
+    def detect(self, frame: np.ndarray, time_ms: int = 0) -> Face | None:
         if self._task is None:
             self._task = self._create()
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frame must be an [H, W, 3] uint8 RGB array, got {frame.shape} {frame.dtype}")
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
-        result = self._task.detect_for_video(image, int(time_ms))
+        result = self._task.detect_for_video(image, int(time_ms)) if self.video else self._task.detect(image)
         if not result.face_landmarks:
             return None
         h, w = frame.shape[:2]

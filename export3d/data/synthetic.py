@@ -16,6 +16,9 @@ in any batch.
   orbit camera ``[25]`` (see ``cameras``); the head itself never moves in the world.
 - ``beta [64] = A e + B (2 a - 1) + noise`` with fixed seeded A ``[64, 6]`` and B ``[64, 32]`` and
   per-frame Gaussian noise of std ``beta_noise``: like a real 3DMM fit, it leaks the identity.
+- ``expression_source="landmarker"``: the expression vector served as "beta" is instead the 52 blendshapes
+  MediaPipe's face landmarker reads from each rendered frame (:mod:`export3d.data.expressions`, cached on
+  disk), the vector real videos give, so the trained model can be driven by a real video.
 
 Run ``python -m export3d.data.synthetic --sheet out.png`` for a contact sheet.
 """
@@ -33,7 +36,9 @@ from typing import NamedTuple
 import torch
 
 from export3d.data.cameras import orbit_camera
+from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.data.heads import EXPRESSION_NAMES, N_APPEARANCE, N_EXPRESSION
+from export3d.data.landmarker import N_BLENDSHAPES
 from export3d.data.raycast import render_heads
 from export3d.data.source import BETA_DIM, ClipInfo
 
@@ -57,8 +62,11 @@ class SyntheticConfig:
     max_yaw_deg: float = 35.0
     max_pitch_deg: float = 20.0
     supersample: int = 1
+    expression_source: str = "beta"  # "beta" (64-d, constructed) | "landmarker" (52 blendshapes read from frames)
 
     def __post_init__(self) -> None:
+        if self.expression_source not in EXPRESSION_SOURCES:
+            raise ValueError(f"--expression-source must be one of {EXPRESSION_SOURCES}, got {self.expression_source!r}")
         for name in ("resolution", "clips_per_identity", "frames_per_clip", "supersample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SyntheticConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -208,16 +216,38 @@ class SyntheticClips:
         self.split = split
         self.heads = SyntheticHeads(config)
         self.resolution = config.resolution
-        self.expression_dim = BETA_DIM
+        self.landmarker = config.expression_source == "landmarker"
+        self.expression_dim = N_BLENDSHAPES if self.landmarker else BETA_DIM
         self.clips = [ClipInfo(f"{split}/id{i:07d}_clip{c:02d}", i, config.frames_per_clip, split)
                       for i in config.identities(split) for c in range(config.clips_per_identity)]
+        self._position = {identity: k for k, identity in enumerate(config.identities(split))}
+        self._table: torch.Tensor | None = None  # landmarker expressions [clips, frames, 52], loaded on first use
 
     def key(self, clip_index: int, frame: int) -> FrameKey:
         return FrameKey(self.clips[clip_index].identity, clip_index % self.config.clips_per_identity, frame)
 
+    def expression_table(self) -> torch.Tensor:
+        """The landmarker expression of every frame of the split (computed or read from the cache once)."""
+        if self._table is None:
+            from export3d.data.expressions import landmarker_expressions
+
+            self._table = torch.from_numpy(landmarker_expressions(self))
+        return self._table
+
+    def beta(self, keys: Sequence[FrameKey], expression: torch.Tensor | None = None) -> torch.Tensor:
+        """The expression vectors the model is given for frames of this split. # [B, expression_dim]"""
+        if not self.landmarker:
+            return self.heads.beta(keys, expression)
+        table = self.expression_table()
+        per = self.config.clips_per_identity
+        rows = [table[self._position[k.identity] * per + k.clip, k.frame] for k in keys]
+        return torch.stack(rows) if rows else torch.zeros(0, N_BLENDSHAPES)
+
     def load(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[dict[str, torch.Tensor]]:
         keys = [self.key(c, f) for c, frames in requests for f in frames]
         data = self.heads.frames(keys)
+        if self.landmarker:
+            data["beta"] = self.beta(keys)
         out, start = [], 0
         for _, frames in requests:
             n = len(frames)

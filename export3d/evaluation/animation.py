@@ -1,8 +1,8 @@
 """Driving signals and frame rendering behind ``python -m export3d.animate``.
 
-Sources (an image file or ``synthetic:ID``), driving clips (a clip folder or ``synthetic:ID[:CLIP]``),
-the orbit sweep, and :func:`render_frames`, which generates one tri-plane per expression and renders it
-from every camera.
+Sources (an image file or ``synthetic:ID``), driving clips (a clip folder, ``synthetic:ID[:CLIP]``, or a real
+video / frame folder read by ``export3d.data.prepare``'s per-frame pipeline), the orbit sweep, and
+:func:`render_frames`, which generates one tri-plane per expression and renders it from every camera.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def load_source(spec: str, meta: dict, resolution: int) -> tuple[torch.Tensor, t
         raise type(exc)(f"--source: {exc}") from exc
 
 
-def load_clip_folder(folder: str | Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One on-disk clip folder -> beta ``[T, 64]``, camera ``[T, 25]``, frames ``[T, 3, H, W]`` or None.
+def load_clip_folder(folder: str | Path, resolution: int,
+                     dim: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """One on-disk clip folder -> beta ``[T, dim]``, camera ``[T, 25]``, frames ``[T, 3, H, W]`` or None.
 
     The parameters are validated like ``ClipFolder`` does (``ClipFormatError`` naming the file); frames are
     optional (they only feed the contact sheet) but, when present, must be one per parameter row.
@@ -81,10 +82,11 @@ def load_clip_folder(folder: str | Path, resolution: int) -> tuple[torch.Tensor,
         raise ClipFormatError(folder, "this is a dataset root (manifest.json); pass one clip folder inside it")
     path = folder / "params.npz"
     if not path.is_file():
-        raise ClipFormatError(path, "missing params.npz (a clip folder holds expression [T, 64] and camera [T, 25])")
+        raise ClipFormatError(path, f"missing params.npz (a clip folder holds expression [T, {dim}] and camera "
+                                    "[T, 25]; for a video or a folder of plain frames, pass the video)")
     npz = read_npz(path)
     rows = npz["expression"].shape[0] if "expression" in npz.files and npz["expression"].ndim else 0
-    beta = check_array(path, npz, "expression", 64, rows)
+    beta = check_array(path, npz, "expression", dim, rows)
     camera = check_array(path, npz, "camera", 25, rows)
     if rows == 0:
         raise ClipFormatError(path, "'expression' has no rows")
@@ -109,6 +111,41 @@ def load_clip_folder(folder: str | Path, resolution: int) -> tuple[torch.Tensor,
                                              f"params.npz has {rows} rows")  # fmt: skip
         frames = torch.stack([_resize(p, resolution) for p in pixels])
     return torch.from_numpy(beta), torch.from_numpy(camera), frames
+
+
+def is_driving_video(path: str | Path) -> bool:
+    """A video file, or a folder of frame images without ``params.npz`` (not a clip folder)."""
+    from export3d.data.frames import is_video
+
+    path = Path(path)
+    return is_video(path) and not (path / "params.npz").is_file()
+
+
+def load_driving_video(path: str | Path, resolution: int, dim: int, max_frames: int | None = None,
+                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:  # fmt: skip
+    """A real video (or frame folder) -> expression ``[T, 52]``, camera ``[T, 25]``, crops ``[T, 3, H, W]``, record.
+
+    The per-frame pipeline of ``python -m export3d.data.prepare`` (MediaPipe landmarks, a smoothed crop by
+    translation and scale, PnP head pose -> EG3D camera, 52 blendshapes): the driving signal is what ``prepare``
+    would have written for this video. Frames without a face are dropped (``record["dropped_no_face"]``).
+    """
+    from export3d.data.landmarker import N_BLENDSHAPES, FaceLandmarker, canonical_mesh
+    from export3d.data.prepare import Job, PrepareConfig, SkipClip, process_video
+
+    path = Path(path)
+    if dim != N_BLENDSHAPES:
+        raise ValueError(f"--driving: a video gives the {N_BLENDSHAPES} MediaPipe blendshapes per frame, but this "
+                         f"checkpoint's model takes {dim}-d expressions; train it with --expression-source "
+                         "landmarker (synthetic data) or on clips from python -m export3d.data.prepare")  # fmt: skip
+    cfg = PrepareConfig(size=resolution, min_frames=1, max_frames=max_frames)
+    with FaceLandmarker(min_confidence=cfg.min_confidence) as landmarker:
+        try:
+            images, arrays, record = process_video(Job(path, path.stem, path.stem), cfg, landmarker, canonical_mesh(),
+                                                   progress)  # fmt: skip
+        except SkipClip as err:
+            raise ValueError(f"--driving: {path}: {err}") from err
+    frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(arrays["expression"]), torch.from_numpy(arrays["camera"]), frames, record
 
 
 def _read_video(path: Path) -> list[np.ndarray]:

@@ -58,8 +58,9 @@ def load_extractor(kind: str, path: str | Path, device: torch.device, plugin: st
 class ExtractorMetrics:
     """Accumulates AKD / CSIM / AED / APD per setting and method through whichever extractors are present."""
 
-    def __init__(self, extractors: dict[str, Extractor | None], reasons: dict[str, str]):
-        self.extractors, self.reasons = extractors, reasons
+    def __init__(self, extractors: dict[str, Extractor | None], reasons: dict[str, str],
+                 paths: dict[str, str | None] | None = None):
+        self.extractors, self.reasons, self.paths = extractors, reasons, paths or {}
         self.sums: dict[tuple[str, str, str], float] = {}
         self.counts: dict[tuple[str, str, str], int] = {}
 
@@ -123,4 +124,4 @@ def build_extractors(args: argparse.Namespace, device: torch.device) -> Extracto
         extractors[kind] = None if path is None else load_extractor(kind, path, device, args.extractor_plugin)
         if path is None:
             reasons[kind] = f"no {EXTRACTOR_FLAGS[kind]} given ({needs[kind]} weights; none ship with export3d)"
-    return ExtractorMetrics(extractors, reasons)
+    return ExtractorMetrics(extractors, reasons, paths)

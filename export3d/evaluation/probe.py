@@ -135,7 +135,7 @@ def expression_table(source) -> dict[str, torch.Tensor]:
     betas, ids, clips, frames = [], [], [], []
     for index, clip in enumerate(source.clips):
         if isinstance(source, SyntheticClips):
-            beta = source.heads.beta([source.key(index, f) for f in range(clip.frames)])
+            beta = source.beta([source.key(index, f) for f in range(clip.frames)])
         else:
             with np.load(source.root / clip.name / "params.npz") as params:
                 beta = torch.from_numpy(params["expression"].astype(np.float32))

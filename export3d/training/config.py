@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS, PRESETS
 
 STAGES = ("clebs", "reconstruction", "adversarial")
@@ -59,6 +60,9 @@ class TrainConfig:
     clips_per_identity: int = 2
     frames_per_clip: int = 16
     fps: float = 5.0  # synthetic clip frame rate: 16 frames span 3.2 s of motion (at 25 fps, 0.64 s barely moves)
+    # synthetic expression vector: "beta" (64-d, constructed from the true expression and the identity) or
+    # "landmarker" (the 52 MediaPipe blendshapes read from each rendered frame, as for real videos; cached on disk)
+    expression_source: str = "beta"
     cache_frames: int = 4096  # keep up to this many rendered training frames in memory (0: render every time)
     # evaluation at the end of training
     eval_pairs: int = 64  # same-identity pairs and cross-identity triples from the test identities
@@ -85,6 +89,8 @@ class TrainConfig:
         checks = [
             (self.preset in PRESETS, f"--preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"),
             (self.impl in IMPLS, f"--impl must be one of {IMPLS}, got {self.impl!r}"),
+            (self.expression_source in EXPRESSION_SOURCES,
+             f"--expression-source must be one of {EXPRESSION_SOURCES}, got {self.expression_source!r}"),
             (self.expression_encoder in EXPRESSION_ENCODERS,
              f"--expression-encoder must be one of {EXPRESSION_ENCODERS}, got {self.expression_encoder!r}"),
             (self.conditioning in CONDITIONINGS,

@@ -97,7 +97,8 @@ def build_sources(cfg: TrainConfig, resolution: int):
     if cfg.data == "synthetic":
         syn = SyntheticConfig(seed=cfg.seed, resolution=resolution, train_identities=cfg.train_identities,
                               test_identities=cfg.test_identities, clips_per_identity=cfg.clips_per_identity,
-                              frames_per_clip=cfg.frames_per_clip, fps=cfg.fps)  # fmt: skip
+                              frames_per_clip=cfg.frames_per_clip, fps=cfg.fps,
+                              expression_source=cfg.expression_source)  # fmt: skip
         train = SyntheticClips(syn, "train")
         if cfg.cache_frames > 0:
             train = CachedSource(train, max_frames=cfg.cache_frames)

@@ -131,7 +131,7 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     torch.export.save(program, str(tmp_path / "arcface.pt2"))
     out = tmp_path / "eval.json"
     assert main(["--checkpoint", str(run), "--json", str(out), "--pairs", "2", "--device", "cpu",
-                 "--identity-weights", str(tmp_path / "arcface.pt2")]) == 0  # fmt: skip
+                 "--identity-weights", str(tmp_path / "arcface.pt2"), "--no-face-metrics"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "Same-identity (2 pairs)" in printed and "Cross-identity (2 pairs)" in printed and "chance 0.333" in printed
     result = json.loads(out.read_text())
@@ -139,13 +139,13 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
         for who in ("model", "copy_source"):
             block = result[setting][who]
             assert all(math.isfinite(block[k]) for k in ("psnr", "ssim", "lpips", "csim"))
-            assert block["aed"].startswith("not run: no --3dmm-weights") and block["apd"].startswith("not run")
-    assert result["same_identity"]["model"]["akd"].startswith("not run: no --landmarks-weights")
+            assert block["aed"] == "not run: --no-face-metrics given" and block["apd"].startswith("not run")
+    assert result["same_identity"]["model"]["akd"] == "not run: --no-face-metrics given"
     assert result["same_identity"]["copy_source"]["csim"] == pytest.approx(1.0)
     leak = result["identity_leak"]
     assert leak["chance"] == pytest.approx(1 / 3) and leak["beta"]["identities"] == 3
     assert leak["beta"]["accuracy"] > leak["chance"]  # beta leaks identity by construction
-    assert result["extractors"]["landmarks"].startswith("not run")
+    assert result["extractors"]["AKD"].startswith("not run") and result["extractors"]["CSIM"].endswith("arcface.pt2")
 
 
 def test_evaluate_cli_errors(tmp_path, capsys):
