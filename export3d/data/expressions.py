@@ -9,7 +9,7 @@ Each frame is rendered at the dataset's resolution (the pixels the model sees), 
 ``READ_SIZE`` and read in IMAGE mode (every frame on its own). The table of one split, ``[clips, frames, 52]``,
 is computed once, with a progress bar, and cached as ``<cache dir>/landmarker-<hash>.npz`` (written to a
 temporary file, then renamed); the hash covers everything that changes the rendered frames, the bundle and the
-reader. Cache dir: ``$EXPORT3D_CACHE`` or ``~/.cache/export3d``.
+reader, and the first frame's pixels. Cache dir: ``$EXPORT3D_CACHE`` or ``~/.cache/export3d``.
 
 Frames where the landmarker finds no face are not silently zero: they are counted (printed, and stored as
 ``found`` in the cache file) and take the expression linearly interpolated from the nearest frames of the same
@@ -40,14 +40,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EXPORT3D_CACHE") or Path.home() / ".cache" / "export3d")
 
 
-def cache_path(config, split: str) -> Path:
-    """The cache file of one split of a ``SyntheticConfig``."""
+def cache_path(clips) -> Path:
+    """The cache file of a ``SyntheticClips`` split: named by a hash of its settings, the landmarker bundle, and
+    the pixels of its first frame (so a change of the renderer or of the camera convention misses the cache)."""
     from export3d.data.landmarker import bundle_path
 
     bundle = bundle_path()
-    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_KEY}
-    key = json.dumps({"config": settings, "split": split, "read_size": READ_SIZE, "version": VERSION,
-                      "bundle": [bundle.name, bundle.stat().st_size]}, sort_keys=True)  # fmt: skip
+    settings = {k: v for k, v in asdict(clips.config).items() if k not in _NOT_IN_KEY}
+    first = clips.heads.frames([clips.key(0, 0)])["image"] if clips.clips else None
+    pixels = hashlib.blake2b(first.numpy().tobytes(), digest_size=8).hexdigest() if first is not None else ""
+    key = json.dumps({"config": settings, "split": clips.split, "read_size": READ_SIZE, "version": VERSION,
+                      "bundle": [bundle.name, bundle.stat().st_size], "first_frame": pixels},
+                     sort_keys=True)  # fmt: skip
     return cache_dir() / f"landmarker-{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.npz"
 
 
@@ -107,7 +111,7 @@ def compute_table(clips, batch_frames: int = 32, progress: bool = True) -> tuple
 
 def landmarker_expressions(clips, progress: bool = True) -> np.ndarray:
     """The (cached) landmarker expression of every frame of a ``SyntheticClips`` split. # [C, F, 52] float32"""
-    path = cache_path(clips.config, clips.split)
+    path = cache_path(clips)
     if path.is_file():
         with np.load(path) as data:
             return data["expression"]

@@ -40,7 +40,7 @@ def test_the_cached_table_is_the_beta_of_every_view(tmp_path, monkeypatch):
     source = SyntheticClips(cfg, "test")
     assert source.expression_dim == 52
     table = source.expression_table()
-    assert calls == ["test"] and list(tmp_path.glob("landmarker-*.npz")) == [expressions.cache_path(cfg, "test")]
+    assert calls == ["test"] and list(tmp_path.glob("landmarker-*.npz")) == [expressions.cache_path(source)]
     torch.testing.assert_close(table[1, 1], torch.from_numpy((fake[1, 0] + fake[1, 2]) / 2))  # filled, not zero
     again = SyntheticClips(cfg, "test").expression_table()  # read back from the cache: no second computation
     assert calls == ["test"] and torch.equal(again, table)
@@ -50,10 +50,12 @@ def test_the_cached_table_is_the_beta_of_every_view(tmp_path, monkeypatch):
     assert triple["beta"].shape == (52,) and any(torch.equal(triple["beta"], row) for row in table.reshape(-1, 52))
     other = SyntheticConfig(resolution=32, train_identities=1, test_identities=2, clips_per_identity=1,
                             frames_per_clip=3, expression_source="landmarker", beta_noise=0.5)  # fmt: skip
-    assert expressions.cache_path(other, "test") == expressions.cache_path(cfg, "test")  # same frames
+    path = expressions.cache_path(source)
+    assert expressions.cache_path(SyntheticClips(other, "test")) == path  # the same frames
     bigger = SyntheticConfig(resolution=64, train_identities=1, test_identities=2, clips_per_identity=1,
                              frames_per_clip=3, expression_source="landmarker")  # fmt: skip
-    assert expressions.cache_path(bigger, "test") != expressions.cache_path(cfg, "test")
+    assert expressions.cache_path(SyntheticClips(bigger, "test")) != path
+    assert expressions.cache_path(SyntheticClips(cfg, "train")) != path
 
 
 def test_unknown_expression_sources_are_refused():
