@@ -93,6 +93,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     metrics = evaluate(model, source, lpips_model.to(device), device, pairs=pairs, batch_size=args.batch_size,
                        seed=train_cfg.get("seed", 0), on_batch=extra.update)  # fmt: skip
     extra.add_to(metrics)
+    extra.close()
     data = args.data or train_cfg.get("data", "synthetic")
     result = {"checkpoint": str(folder), "step": meta.get("step"), "weights": meta["weights"],
               "preset": model.config.name, "image_size": model.config.image_size,

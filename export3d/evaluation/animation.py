@@ -114,11 +114,11 @@ def load_clip_folder(folder: str | Path, resolution: int,
 
 
 def is_driving_video(path: str | Path) -> bool:
-    """A video file, or a folder of frame images without ``params.npz`` (not a clip folder)."""
+    """A video file, or a folder of frame images without ``params.npz`` (not a clip folder nor a dataset root)."""
     from export3d.data.frames import is_video
 
     path = Path(path)
-    return is_video(path) and not (path / "params.npz").is_file()
+    return is_video(path) and not (path / "params.npz").is_file() and not (path / "manifest.json").is_file()
 
 
 def load_driving_video(path: str | Path, resolution: int, dim: int, max_frames: int | None = None,

@@ -143,6 +143,11 @@ class FaceMetricSuite:
             out["faces"] = offline["faces"]
         return out
 
+    def close(self) -> None:
+        """Release the landmarker (MediaPipe complains at interpreter exit about one left open)."""
+        if self.offline is not None:
+            self.offline.extractor.close()
+
     def describe(self) -> dict:
         """What computed each metric (for the JSON), with the offline definitions and their differences."""
         from export3d.evaluation.face_features import DESCRIPTION
