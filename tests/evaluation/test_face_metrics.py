@@ -132,10 +132,21 @@ def test_user_hooks_replace_the_offline_metrics():
     assert none.footer({}) == []
 
 
-def test_build_face_metrics_respects_the_flags():
+def test_build_face_metrics_respects_the_flags_and_a_missing_extra(monkeypatch):
+    from export3d.data.landmarker import MissingExtraError
+    from export3d.evaluation import face_features
     from export3d.evaluation.face_metrics import build_face_metrics
 
     args = SimpleNamespace(landmarks_weights=None, identity_weights=None, threedmm_weights=None,
                            extractor_plugin=None, no_face_metrics=True)  # fmt: skip
     suite = build_face_metrics(args, torch.device("cpu"))
     assert suite.offline is None and suite.offline_reason == "--no-face-metrics given"
+
+    def missing(self):
+        raise MissingExtraError("dlib is needed by the face tools ... pip install -e '.[faces]'")
+
+    monkeypatch.setattr(face_features.FaceFeatureExtractor, "__init__", missing)
+    suite = build_face_metrics(SimpleNamespace(**{**vars(args), "no_face_metrics": False}), torch.device("cpu"))
+    assert suite.offline is None
+    assert suite.results("same_identity", "model")["akd"] == "not run: dlib is needed by the face tools ... " \
+                                                             "pip install -e '.[faces]'"
