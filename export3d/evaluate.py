@@ -19,6 +19,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import torch
+
 from export3d.evaluation import extractors
 from export3d.evaluation.extractors import COLUMNS, HIGHER_IS_BETTER
 from export3d.evaluation.face_metrics import build_face_metrics
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     stray = [f"--{k.replace('_', '-')}" for k in ablation.ABLATION_ONLY if getattr(args, k) not in (None, False)]
     if not args.ablation and stray:
         parser.error(f"{', '.join(stray)} only apply with --ablation")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and not args.ablation:
+        torch.set_num_threads(args.threads)
     try:
         if args.ablation:
             ablation.run(args)

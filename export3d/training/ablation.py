@@ -79,12 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument("--" + name.replace("_", "-"), type=int, help=f"steps per run (default: {value})")
     g.add_argument("--jobs", type=int, help="runs trained at once, in separate processes (default: 2 on a CPU with "
                                             ">= 2 cores, else 1 in this process)")  # fmt: skip
-    g.add_argument("--threads", type=int, help="torch threads per run (default: the cores divided by --jobs)")
+    g.add_argument("--threads", type=int, help="torch threads: of this process for --checkpoint (default: PyTorch's), "
+                                               "of each run for --ablation (default: the cores divided by --jobs)")
     g.add_argument("--quick", action="store_true", help="a few steps on small data, one seed (what the tests run)")
 
 
 # flags that mean something only with --ablation (evaluate refuses them otherwise)
-ABLATION_ONLY = ("out", "seeds", "rec_steps", "adv_steps", "clebs_steps", "jobs", "threads", "quick")
+ABLATION_ONLY = ("out", "seeds", "rec_steps", "adv_steps", "clebs_steps", "jobs", "quick")
 
 
 def _names(spec: str, flag: str, allowed=None) -> list[str]:

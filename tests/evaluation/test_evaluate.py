@@ -130,8 +130,13 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     program = torch.export.export(net, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim("B")},))
     torch.export.save(program, str(tmp_path / "arcface.pt2"))
     out = tmp_path / "eval.json"
-    assert main(["--checkpoint", str(run), "--json", str(out), "--pairs", "2", "--device", "cpu",
-                 "--identity-weights", str(tmp_path / "arcface.pt2"), "--no-face-metrics"]) == 0  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--checkpoint", str(run), "--json", str(out), "--pairs", "2", "--device", "cpu", "--threads",
+                     str(threads + 1), "--identity-weights", str(tmp_path / "arcface.pt2"), "--no-face-metrics"]) == 0
+        assert torch.get_num_threads() == threads + 1  # --threads applies to a checkpoint evaluation too
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "Same-identity (2 pairs)" in printed and "Cross-identity (2 pairs)" in printed and "chance 0.333" in printed
     result = json.loads(out.read_text())
@@ -172,9 +177,9 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(run), "--rec-steps", "5", "--seeds", "1"])  # ablation flags without --ablation
     assert "--seeds, --rec-steps only apply with --ablation" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # issue 13 #7: --threads was silently ignored without --ablation
-        main(["--checkpoint", str(run), "--threads", "2"])
-    assert "--threads only apply with --ablation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # issue 13 #7: --threads was silently ignored; now it applies, validated
+        main(["--checkpoint", str(run), "--threads", "0"])
+    assert "--threads must be >= 1" in capsys.readouterr().err
 
 
 def test_load_model_verifies_the_weights_and_falls_back(tmp_path, capsys):
