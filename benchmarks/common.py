@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from benchmarks.cases import OPS, sized_case_inputs
+from export3d.gpucheck.bandwidth import PEAK_GBPS, op_bytes, peak_bandwidth  # noqa: F401 - re-exported
 from export3d.kernels import (
     composite_rays_ref,
     eadaln_ref,
@@ -44,31 +45,6 @@ REFS = {
     "render_rays": render_rays_ref,
 }
 TRITON_SKIP = "triton provider needs CUDA (the interpreter is a correctness tool, not a benchmark)"
-
-# Peak DRAM bandwidth in GB/s (vendor data sheets), matched as a substring of torch.cuda.get_device_name();
-# the longest matching key wins. Devices not listed fall back to NVML's memory clock x bus width.
-PEAK_GBPS = {
-    "H200": 4800.0,
-    "H100 NVL": 3900.0,
-    "H100 80GB HBM3": 3350.0,
-    "H100 PCIe": 2000.0,
-    "A100-SXM4-80GB": 2039.0,
-    "A100 80GB PCIe": 1935.0,
-    "A100-SXM4-40GB": 1555.0,
-    "A100-PCIE-40GB": 1555.0,
-    "L40S": 864.0,
-    "L40": 864.0,
-    "L4": 300.0,
-    "A40": 696.0,
-    "A10G": 600.0,
-    "A10": 600.0,
-    "T4": 320.0,
-    "V100": 900.0,
-    "RTX 4090": 1008.0,
-    "RTX 3090": 936.0,
-    "RTX A6000": 768.0,
-}
-
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,80 +93,6 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-# ----------------------------------------------------------------------------------------------- bandwidth
-def peak_bandwidth(dev: str | torch.device | None = None) -> tuple[float | None, str]:
-    """``(peak GB/s, where it came from)`` of a CUDA device; ``(None, reason)`` on the CPU."""
-    dev = torch.device(dev or device())
-    if dev.type != "cuda":
-        return None, "not measured on CPU"
-    name = torch.cuda.get_device_name(dev)
-    for key in sorted(PEAK_GBPS, key=len, reverse=True):
-        if key in name:
-            return PEAK_GBPS[key], f"data sheet ({key})"
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(dev.index or 0)
-            clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
-            bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
-        finally:
-            pynvml.nvmlShutdown()
-        return clock_mhz * 1e6 * 2 * bus_bits / 8 / 1e9, "NVML memory clock x bus width (double data rate)"
-    except Exception as exc:  # NVML missing or the query unsupported: say so instead of guessing
-        return None, f"unknown device {name!r} and NVML failed ({exc})"
-
-
-# ----------------------------------------------------------------------------------------------- bytes moved
-def op_bytes(op: str, mode: str, inputs: Sequence[torch.Tensor]) -> int:
-    """Compulsory bytes ``op`` moves in ``mode`` ("forward" | "backward" | "full") for ``inputs``.
-
-    Forward reads the inputs and writes the outputs (plus the fp32 statistics the kernel keeps);
-    backward reads the output gradients and whatever the analytic backward needs and writes the input
-    gradients, exactly the tensors the Triton backward of each op touches.
-    """
-    if mode == "full":
-        return op_bytes(op, "forward", inputs) + op_bytes(op, "backward", inputs)
-    if mode not in ("forward", "backward"):
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    fwd = mode == "forward"
-    e = inputs[0].element_size()
-    if op == "eadaln":  # x [B, L, D], scale / shift [B, D]; no affine; mean / rstd fp32 [B*L]
-        B, L, D = inputs[0].shape
-        if fwd:  # read x, scale, shift; write y, mean, rstd
-            return e * (2 * B * L * D + 2 * B * D) + 8 * B * L
-        # read x, dy, scale, mean, rstd; write dx, dscale, dshift
-        return e * (3 * B * L * D + 3 * B * D) + 8 * B * L
-    if op == "triplane_sample":  # planes [B, 3, C, H, W], coords [B, N, 3] -> [B, N, C]
-        B, _, C, H, W = inputs[0].shape
-        N = inputs[1].shape[1]
-        planes, coords, feats = 3 * B * C * H * W, 3 * B * N, B * N * C
-        return e * (planes + coords + feats)  # fwd: read planes + coords, write feats; bwd: read dfeats +
-        # coords, write dplanes (coords need no gradient in the model)
-    if op == "composite_rays":  # colors [B, R, S, C], densities / depths [B, R, S, 1]
-        B, R, S, C = inputs[0].shape
-        samples_in, per_ray_out = B * R * S * (C + 2), B * R * (C + 1)
-        if fwd:  # read colors, densities, depths; write rgb, depth, weights, per-ray totals (C + 2 floats)
-            return e * (samples_in + per_ray_out + B * R * (S - 1) + B * R * (C + 2))
-        # read drgb, ddepth, the three inputs and the per-ray totals; write dcolors, ddensities
-        return e * (per_ray_out + samples_in + B * R * (C + 2) + B * R * S * (C + 1))
-    if op == "render_rays":  # planes [B, 3, C, H, W], rays [B, R, 3] x 2, depths [B, R, S, 1], decoder w1 b1 w2 b2
-        planes, _, _, depths, *decoder = inputs
-        B, _, C, H, W = planes.shape
-        R, S = depths.shape[1], depths.shape[2]
-        cf = decoder[2].shape[1] - 1
-        params = sum(t.numel() for t in decoder)
-        rays_in, per_ray = B * R * (6 + S), B * R * (cf + 1)  # rays and depths in; rgb and depth out (or their grads)
-        state = 4 * B * R * (cf + 3)  # fp32 rgb_acc and stats: written by the forward, read by the backward
-        # fwd: read planes (each texel once), rays, depths, decoder; write rgb, depth and the per-ray state.
-        # bwd: read the same plus the output gradients and the state; write dplanes and the decoder gradients.
-        return e * (3 * B * C * H * W + rays_in + params + per_ray) + state
-    if op == "pixel_shuffle_lowpass":  # x [B, C*f*f, H, W] -> [B, C, fH, fW]: same element count
-        return e * 2 * inputs[0].numel()
-    raise ValueError(f"unknown op {op!r}")
 
 
 # ----------------------------------------------------------------------------------------------- op cases

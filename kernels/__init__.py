@@ -16,7 +16,7 @@ from .reference import (
     triplane_sample_ref,
 )
 from .render_rays import render_rays, render_rays_weights
-from .triplane_sample import triplane_sample
+from .triplane_sample import prepare_planes, triplane_sample
 from .utils import IMPLS
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "eadaln_ref",
     "pixel_shuffle_lowpass",
     "pixel_shuffle_lowpass_ref",
+    "prepare_planes",
     "render_rays",
     "render_rays_ref",
     "render_rays_weights",

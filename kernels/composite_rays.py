@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from .reference import composite_rays_ref
-from .utils import AotSpec, check_same, check_tensor, next_power_of_2, use_triton
+from .utils import AotSpec, check_same, check_tensor, launch, next_power_of_2, use_triton
 
 MAX_C = 1024  # widest colour the single-tile kernels take (BLOCK_R = 1 at this width)
 _MAX_BLOCK_R = 128
@@ -287,7 +287,7 @@ def _launch_fwd(colors, densities, depths, density_bias, white_back):
     if n == 0:
         return rgb, depth, weights, rgb_acc, stats
     block_r, block_c, num_warps = _blocks(n, C)
-    _composite_fwd_kernel[(triton.cdiv(n, block_r),)](
+    launch(_composite_fwd_kernel, (triton.cdiv(n, block_r),),
         colors, densities, depths, rgb, depth, weights, rgb_acc, stats,
         n, S, C, density_bias,
         WHITE_BACK=white_back, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
@@ -306,7 +306,7 @@ def _launch_bwd(g_rgb, g_depth, g_weights, colors, densities, depths, rgb_acc, s
     if n == 0:
         return d_colors, d_densities
     block_r, block_c, num_warps = _blocks(n, C)
-    _composite_bwd_kernel[(triton.cdiv(n, block_r),)](
+    launch(_composite_bwd_kernel, (triton.cdiv(n, block_r),),
         colors, densities, depths, rgb_acc.contiguous(), stats.contiguous(), g_rgb, g_depth, g_weights,
         d_colors, d_densities, n, S, C, density_bias,
         WHITE_BACK=white_back, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .reference import eadaln_ref
-from .utils import AotSpec, check_same, check_tensor, next_power_of_2, num_programs_target, use_triton
+from .utils import AotSpec, check_same, check_tensor, launch, next_power_of_2, num_programs_target, use_triton
 
 MAX_D = 8192  # largest row the single-tile kernels take without spilling (see `python -m export3d.kernels.aot`)
 
@@ -24,14 +24,16 @@ MAX_D = 8192  # largest row the single-tile kernels take without spilling (see `
 def _eadaln_fwd_kernel(
     X,  # [B*L, D] contiguous
     Y,  # [B*L, D]
-    SCALE,  # [B, D]
-    SHIFT,  # [B, D]
+    SCALE,  # [B, D] with row stride s_scale (e.g. one half of a [B, 2D] projection: read in place)
+    SHIFT,  # [B, D] with row stride s_shift
     W,  # [D] or a dummy when HAS_WEIGHT is False
     BIAS,  # [D] or a dummy when HAS_BIAS is False
     MEAN,  # [B*L] fp32
     RSTD,  # [B*L] fp32
     L,
     D,
+    s_scale,
+    s_shift,
     eps,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -52,8 +54,8 @@ def _eadaln_fwd_kernel(
         n = n * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         n = n + tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
-    s = tl.load(SCALE + batch * D + cols, mask=mask, other=0.0).to(tl.float32)
-    t = tl.load(SHIFT + batch * D + cols, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(SCALE + batch * s_scale + cols, mask=mask, other=0.0).to(tl.float32)
+    t = tl.load(SHIFT + batch * s_shift + cols, mask=mask, other=0.0).to(tl.float32)
     y = n * (1.0 + s) + t
 
     tl.store(Y + row * D + cols, y.to(Y.dtype.element_ty), mask=mask)
@@ -61,11 +63,11 @@ def _eadaln_fwd_kernel(
     tl.store(RSTD + row, rstd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows_per_prog"])  # one binary whatever the GPU's size makes of the row split
 def _eadaln_bwd_kernel(
     X,  # [B*L, D]
     DY,  # [B*L, D]
-    SCALE,  # [B, D]
+    SCALE,  # [B, D] with row stride s_scale
     W,  # [D] or dummy
     MEAN,  # [B*L] fp32
     RSTD,  # [B*L] fp32
@@ -74,6 +76,7 @@ def _eadaln_bwd_kernel(
     SUM_DY_XHAT_P,  # [B, chunks, D] fp32: sum of dy * xhat over this program's rows
     L,
     D,
+    s_scale,
     rows_per_prog,
     HAS_WEIGHT: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -88,7 +91,7 @@ def _eadaln_bwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
 
-    g = 1.0 + tl.load(SCALE + batch * D + cols, mask=mask, other=0.0).to(tl.float32)
+    g = 1.0 + tl.load(SCALE + batch * s_scale + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_WEIGHT:
         g = g * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)  # d y / d xhat
     acc_dy = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -125,21 +128,40 @@ def _num_warps(block_d: int, backward: bool = False) -> int:
     return min(32, max(1, block_d // 128))
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, D]`` itself when its columns are contiguous (any row stride, e.g. a ``chunk`` of a wider
+    projection), else a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _backward_split(B: int, L: int, target: int) -> tuple[int, int]:
+    """``(chunks, rows_per_prog)`` of the backward grid ``(B, chunks)``: about ``target`` programs in all.
+
+    On a GPU ``target`` is 4 per SM (hundreds), so small batches split their rows over many programs, down to
+    one row each; under the interpreter it is 4. Tests force the GPU's split through ``num_programs_target``.
+    """
+    if L == 0:
+        return 1, 1
+    chunks = max(1, min(L, -(-target // max(B, 1))))
+    rows_per_prog = -(-L // chunks)
+    return -(-L // rows_per_prog), rows_per_prog
+
+
 def _launch_fwd(x, scale, shift, weight, bias, eps):
     B, L, D = x.shape
     x = x.contiguous()
-    scale, shift = scale.contiguous(), shift.contiguous()
+    scale, shift = _rows(scale), _rows(shift)
     y = torch.empty_like(x)  # [B, L, D]
     mean = torch.empty((B, L), dtype=torch.float32, device=x.device)
     rstd = torch.empty((B, L), dtype=torch.float32, device=x.device)
     if B * L == 0:
         return y, mean, rstd
     block_d = next_power_of_2(D)
-    _eadaln_fwd_kernel[(B * L,)](
+    launch(_eadaln_fwd_kernel, (B * L,),
         x, y, scale, shift,
         x if weight is None else weight.contiguous(),
         x if bias is None else bias.contiguous(),
-        mean, rstd, L, D, eps,
+        mean, rstd, L, D, scale.stride(0), shift.stride(0), eps,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         BLOCK_D=block_d, num_warps=_num_warps(block_d),
     )  # fmt: skip
@@ -149,17 +171,17 @@ def _launch_fwd(x, scale, shift, weight, bias, eps):
 def _launch_bwd(dy, x, scale, weight, bias, mean, rstd):
     B, L, D = x.shape
     # autograd hands us expanded (stride-0) or otherwise strided gradients: the kernel wants rows.
-    dy, x, scale = dy.contiguous(), x.contiguous(), scale.contiguous()
+    dy, x, scale = dy.contiguous(), x.contiguous(), _rows(scale)
     dx = torch.empty_like(x)
-    chunks = max(1, min(L, -(-num_programs_target(x.device) // max(B, 1))))
-    rows_per_prog = -(-L // chunks) if L else 1
-    chunks = -(-L // rows_per_prog) if L else 1
-    partial = torch.zeros((2, B, chunks, D), dtype=torch.float32, device=x.device)
+    chunks, rows_per_prog = _backward_split(B, L, num_programs_target(x.device))
+    # every (batch, chunk) row of the partial sums is written by its program: zeros only when nothing runs
+    alloc = torch.empty if B * L > 0 else torch.zeros
+    partial = alloc((2, B, chunks, D), dtype=torch.float32, device=x.device)
     if B * L > 0:
         block_d = next_power_of_2(D)
-        _eadaln_bwd_kernel[(B, chunks)](
+        launch(_eadaln_bwd_kernel, (B, chunks),
             x, dy, scale, x if weight is None else weight.contiguous(), mean, rstd, dx,
-            partial[0], partial[1], L, D, rows_per_prog,
+            partial[0], partial[1], L, D, scale.stride(0), rows_per_prog,
             HAS_WEIGHT=weight is not None, BLOCK_D=block_d, num_warps=_num_warps(block_d, backward=True),
         )  # fmt: skip
     sum_dy, sum_dy_xhat = partial[0].sum(1), partial[1].sum(1)  # [B, D] each, separate storages
@@ -283,13 +305,13 @@ def aot_specs() -> list[AotSpec]:
         block, label = next_power_of_2(d), f"{dtype} D={d} affine={affine}"
         fwd_const = {"HAS_WEIGHT": affine, "HAS_BIAS": affine, "BLOCK_D": block}
         fwd_sig = {n: f"*{dtype}" for n in ("X", "Y", "SCALE", "SHIFT", "W", "BIAS")}
-        fwd_sig.update(MEAN="*fp32", RSTD="*fp32", L="i32", D="i32", eps="fp32")
+        fwd_sig.update(MEAN="*fp32", RSTD="*fp32", L="i32", D="i32", s_scale="i32", s_shift="i32", eps="fp32")
         fwd_sig.update(dict.fromkeys(fwd_const, "constexpr"))
         specs.append(AotSpec(_eadaln_fwd_kernel, fwd_sig, fwd_const, _num_warps(block), label))
         bwd_const = {"HAS_WEIGHT": affine, "BLOCK_D": block}
         bwd_sig = {n: f"*{dtype}" for n in ("X", "DY", "SCALE", "W")}
         bwd_sig.update(MEAN="*fp32", RSTD="*fp32", DX=f"*{dtype}", SUM_DY_P="*fp32", SUM_DY_XHAT_P="*fp32")
-        bwd_sig.update(L="i32", D="i32", rows_per_prog="i32")
+        bwd_sig.update(L="i32", D="i32", s_scale="i32", rows_per_prog="i32")
         bwd_sig.update(dict.fromkeys(bwd_const, "constexpr"))
         specs.append(AotSpec(_eadaln_bwd_kernel, bwd_sig, bwd_const, _num_warps(block, backward=True), label))
     return specs

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .reference import default_lowpass_taps, pixel_shuffle_lowpass_ref
-from .utils import AotSpec, check_tensor, next_power_of_2, use_triton
+from .utils import AotSpec, check_tensor, launch, next_power_of_2, use_triton
 
 FACTORS = (2, 4)
 
@@ -188,7 +188,7 @@ def _launch(kernel, src, dst, taps, factor: int, H: int, W: int, planes: int) ->
     grid = (planes * tiles_per_plane,)
     if grid[0] >= 2**31:  # one flat grid axis, int32 program ids
         raise ValueError(f"pixel_shuffle_lowpass: {planes} planes of {H * factor}x{W * factor} are too many tiles")
-    kernel[grid](
+    launch(kernel, grid,
         src, dst, taps, H, W, taps.numel(), tiles_w, tiles_per_plane,
         FACTOR=factor, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .reference import triplane_sample_ref
-from .utils import AotSpec, check_same, check_tensor, next_power_of_2, use_triton
+from .utils import AotSpec, check_same, check_tensor, launch, next_power_of_2, use_triton
 
 AXES = ("xyz", "eg3d")
 MAX_C = 64  # one tile holds every channel of BLOCK_N >= 32 points; beyond 64 it would need a channel loop
@@ -297,13 +297,22 @@ def _gather_planes(planes: torch.Tensor, n_points: int) -> torch.Tensor:
 
     Channel-last planes (C stride 1) and small point sets are read in place; otherwise the planes are
     copied to ``[B, 3, H, W, C]`` memory (returned as a permuted view), see the trade-off note above.
-    A view whose single plane spans 2^31 elements or more (int32 in-plane offsets) is always copied.
+    A view whose single plane spans 2^31 elements or more (int32 in-plane offsets) is always copied. Planes
+    expanded over the batch (stride 0, e.g. one tri-plane rendered from many cameras) are copied once and
+    expanded again, never once per batch element.
     """
-    _, _, C, H, W = planes.shape
+    B, _, C, H, W = planes.shape
     span = sum((size - 1) * stride for size, stride in zip(planes.shape[2:], planes.stride()[2:], strict=True))
     in_place = C == 1 or planes.stride(2) == 1 or n_points < _CHANNEL_LAST_MIN_POINTS_PER_TEXEL * H * W
     if in_place and span < 2**31:
         return planes
+    if B > 1 and planes.stride(0) == 0:
+        return _channel_last_copy(planes[:1]).expand(planes.shape)
+    return _channel_last_copy(planes)
+
+
+def _channel_last_copy(planes: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, C, H, W]`` view of a fresh ``[B, 3, H, W, C]`` copy."""
     return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
@@ -327,7 +336,7 @@ def _launch_fwd(planes, coords, axes, box_warp):
     coords = coords.contiguous()
     src = _gather_planes(planes, N)
     block_n, block_c, num_warps = _config(C)
-    _triplane_sample_fwd_kernel[(triton.cdiv(N, block_n), B)](
+    launch(_triplane_sample_fwd_kernel, (triton.cdiv(N, block_n), B),
         src, coords, out, N, H, W, *src.stride(), 2.0 / box_warp,
         EG3D=axes == "eg3d", C=C, VEC=_vec(src), BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps,
     )  # fmt: skip
@@ -347,7 +356,7 @@ def _launch_bwd(dout, coords, planes, planes_shape, planes_dtype, axes, box_warp
         src = _gather_planes(planes, N) if need_dcoords else coords  # a dummy pointer when unused
         strides = src.stride() if need_dcoords else (0,) * 5
         block_n, block_c, num_warps = _config(C, backward=True)
-        _triplane_sample_bwd_kernel[(triton.cdiv(N, block_n), B)](
+        launch(_triplane_sample_bwd_kernel, (triton.cdiv(N, block_n), B),
             dout, coords, src, acc if need_dplanes else coords, dcoords, N, H, W, *strides, 2.0 / box_warp,
             EG3D=axes == "eg3d", NEED_DPLANES=need_dplanes, NEED_DCOORDS=need_dcoords,
             C=C, VEC=_vec(src) if need_dcoords else 1, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps,
@@ -457,6 +466,19 @@ def triplane_sample(
         else:
             return torch.ops.export3d.triplane_sample_fwd(planes, coords, axes, float(box_warp))
     return triplane_sample_ref(planes, coords, axes, box_warp)
+
+
+def prepare_planes(planes: torch.Tensor, n_points: int, impl: str = "auto") -> torch.Tensor:
+    """``planes`` in the memory layout ``triplane_sample`` would gather from at ``n_points`` points per batch
+    element (a differentiable channel-last copy, or ``planes`` itself), for callers that sample one tri-plane
+    several times (a renderer's coarse and fine passes): the copy is then made once instead of per call.
+    Returns ``planes`` unchanged when the call would not run the Triton path.
+    """
+    check_tensor("planes", planes, op="prepare_planes", ndim=5)
+    _, _, C, H, W = planes.shape
+    if use_triton(impl, planes, op="prepare_planes") and C <= MAX_C and C * H * W < 2**31:
+        return _gather_planes(planes, n_points)
+    return planes
 
 
 # ----------------------------------------------------------------------------------------------- AOT configurations

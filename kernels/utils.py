@@ -8,10 +8,11 @@ machines without it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -89,6 +90,34 @@ def check_same(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match")
 
 
+@contextlib.contextmanager
+def on_device(t: torch.Tensor) -> Iterator[None]:
+    """Make ``t``'s CUDA device torch's (and so Triton's) current device for the block; a no-op elsewhere.
+
+    Triton launches on the *current* device and stream: without this, a launch on tensors of ``cuda:1`` from
+    a process whose current device is ``cuda:0`` would run on GPU 0 with GPU 1's pointers.
+    """
+    if t.is_cuda:
+        with torch.cuda.device(t.device):
+            yield
+    else:
+        yield
+
+
+# Called as hook(kernel, grid, args, kwargs) before every launch; a hook returning True skips the launch
+# (``export3d.kernels.launches.record_launches(execute=False)`` records configurations without running them).
+LAUNCH_HOOKS: list[Callable[..., bool]] = []
+
+
+def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)`` on the device of the first tensor argument: every launcher uses this."""
+    if any([hook(kernel, grid, args, kwargs) for hook in LAUNCH_HOOKS]):
+        return
+    first = next(a for a in args if isinstance(a, torch.Tensor))
+    with on_device(first):
+        kernel[grid](*args, **kwargs)
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
@@ -109,6 +138,7 @@ class AotSpec:
     constexprs: dict[str, Any]
     num_warps: int
     label: str  # human-readable configuration, e.g. "fp32 D=1024"
+    attrs: dict = field(default_factory=dict)  # {(argument index,): [["tt.divisibility", 16]]}: alignment promises
 
 
 def saved_tensor_bytes(fn, *args, **kwargs) -> tuple[int, list[torch.Tensor], Any]:

@@ -33,6 +33,7 @@ LAYERS = {
     "evaluate": 5,
     "animate": 5,
     "profile": 5,
+    "gpucheck": 5,
 }
 
 

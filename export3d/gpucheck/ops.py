@@ -1,0 +1,142 @@
+"""The fused ops gpucheck checks, one registry entry each, and their inputs at the presets' real shapes.
+
+An entry says how to build the op's differentiable inputs (the leaves) for a size, how to call it with an
+``impl``, and whether its kernels promise bitwise run-to-run results. Shapes come from the model
+configurations (:func:`sizes`), so they follow the presets; ``"small"`` is the ``--interpret`` size, with
+the wide paths (EAdaLN D > 1024) kept. Adding a fused op to gpucheck is one :data:`OPS` entry (and its
+bytes formula in :mod:`export3d.gpucheck.bandwidth`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from export3d.kernels import composite_rays, default_lowpass_taps, eadaln, pixel_shuffle_lowpass, triplane_sample
+from export3d.model.config import ModelConfig, preset
+
+Tensors = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every fused op's shape at one size (batch included)."""
+
+    batch: int
+    tokens: tuple[int, int]  # eadaln (L, D)
+    planes: tuple[int, int]  # triplane_sample (C, side)
+    points: int  # triplane_sample points per batch element (rays x samples of one pass)
+    rays: tuple[int, int, int]  # composite_rays (R, S, C)
+    shuffle: tuple[int, int]  # pixel_shuffle_lowpass input (channels, side) before the x2 shuffle
+
+
+def model_sizes(cfg: ModelConfig, batch: int) -> Sizes:
+    """The shapes the model runs each op at: the EAdaLN-ViT tokens, the tri-plane and one render pass, the final
+    composite over coarse + fine samples, and the largest pixel shuffle (the upper ViT's map)."""
+    g, r = cfg.generator, cfg.render
+    H, rays = cfg.image_size, cfg.render_resolution**2
+    return Sizes(
+        batch=batch,
+        tokens=((H // 16) ** 2, g.hidden),
+        planes=(g.plane_channels, cfg.plane_resolution),
+        points=rays * r.n_coarse,
+        rays=(rays, r.n_coarse + r.n_fine, r.feature_channels),
+        shuffle=(g.high_hidden, H // 4),
+    )
+
+
+def sizes(name: str) -> Sizes:
+    """``"paper"`` (batch 2), ``"tiny"`` (batch 8, its training batch) or ``"small"`` (for the interpreter)."""
+    if name == "small":
+        return Sizes(batch=2, tokens=(5, 1100), planes=(16, 8), points=40, rays=(9, 10, 16), shuffle=(16, 6))
+    return model_sizes(preset(name), 2 if name == "paper" else 8)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _leaf(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    return t.to(device=device, dtype=dtype).requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------------------------- per op
+def _eadaln_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    g, (L, D) = _gen(seed), z.tokens
+    x = torch.randn(z.batch, L, D, generator=g) * 2 + 0.5  # [B, L, D]
+    mod = torch.randn(z.batch, 2 * D, generator=g) * 0.5  # [B, 2D]: the model's projection, halves read in place
+    return _leaf(x, dtype, device), _leaf(mod, dtype, device)
+
+
+def _eadaln_run(leaves: Tensors, impl: str) -> Tensors:
+    x, mod = leaves
+    scale, shift = mod.chunk(2, dim=-1)
+    return (eadaln(x, scale, shift, impl=impl),)
+
+
+def _triplane_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    g, (C, P) = _gen(seed), z.planes
+    planes = torch.randn(z.batch, 3, C, P, P, generator=g)  # [B, 3, C, P, P]
+    coords = (torch.rand(z.batch, z.points, 3, generator=g) - 0.5) * 1.1  # [B, N, 3], some just outside the box
+    return _leaf(planes, dtype, device), coords.to(device=device, dtype=dtype)
+
+
+def _triplane_run(leaves: Tensors, impl: str) -> Tensors:
+    planes, coords = leaves
+    return (triplane_sample(planes, coords, "xyz", 1.0, impl=impl),)
+
+
+def _composite_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    g, (R, S, C) = _gen(seed), z.rays
+    colors = torch.rand(z.batch, R, S, C, generator=g)  # [B, R, S, C]
+    densities = torch.randn(z.batch, R, S, 1, generator=g) * 4 + 0.5
+    steps = torch.rand(z.batch, R, S, 1, generator=g) * (2.0 / S) + 0.002
+    depths = 2.25 + torch.cumsum(steps, dim=2) - steps[:, :, :1]  # ascending
+    return _leaf(colors, dtype, device), _leaf(densities, dtype, device), depths.to(device=device, dtype=dtype)
+
+
+def _composite_run(leaves: Tensors, impl: str) -> Tensors:
+    rgb, depth, _weights = composite_rays(*leaves, -1.0, False, impl=impl)
+    return rgb, depth  # what a training step differentiates (the weights only feed importance sampling)
+
+
+def _psl_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    channels, side = z.shuffle
+    return (_leaf(torch.randn(z.batch, channels, side, side, generator=_gen(seed)), dtype, device),)
+
+
+def _psl_run(leaves: Tensors, impl: str) -> Tensors:
+    (x,) = leaves
+    taps = default_lowpass_taps(5, dtype=x.dtype, device=x.device)  # as the generator passes them
+    return (pixel_shuffle_lowpass(x, 2, taps, impl=impl),)
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    name: str
+    leaves: Callable[[Sizes, torch.dtype, torch.device, int], Tensors]  # inputs; those requiring grad are checked
+    run: Callable[[Tensors, str], Tensors]  # (leaves, impl) -> the differentiable outputs
+    bitwise: bool  # the kernels promise bitwise-identical results run to run (no atomics)
+
+
+OPS: dict[str, OpEntry] = {
+    e.name: e
+    for e in (
+        OpEntry("eadaln", _eadaln_leaves, _eadaln_run, bitwise=True),
+        OpEntry("triplane_sample", _triplane_leaves, _triplane_run, bitwise=False),  # atomics in the backward
+        OpEntry("composite_rays", _composite_leaves, _composite_run, bitwise=True),
+        OpEntry("pixel_shuffle_lowpass", _psl_leaves, _psl_run, bitwise=True),
+    )
+}
+
+
+def forward_backward(entry: OpEntry, leaves: Tensors, impl: str, seed: int = 1) -> tuple[Tensors, Tensors]:
+    """``(outputs, gradients of the leaves that require grad)`` for fixed random output gradients."""
+    outs = entry.run(leaves, impl)
+    g = _gen(seed)
+    grads_out = [torch.randn(o.shape, generator=g).to(device=o.device, dtype=o.dtype) for o in outs]
+    wrt = [t for t in leaves if t.requires_grad]
+    grads = torch.autograd.grad(outs, wrt, grads_out)
+    return tuple(o.detach() for o in outs), tuple(grads)
