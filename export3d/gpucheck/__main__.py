@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     from export3d.gpucheck import checks, report, timing
     from export3d.gpucheck.bandwidth import peak_bandwidth
     from export3d.gpucheck.ops import sizes
+    from export3d.utils.distributed import resolve_device
 
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -74,8 +75,10 @@ def run(args: argparse.Namespace) -> dict:
         timing_size, providers, reps, warmup = "small", ("triton", "reference"), 1, 0
         train = ("tiny", 2, ("reference", "fast"), 1, 0, model_runs[0][2])
     else:
-        device = torch.device(args.device)
-        torch.cuda.set_device(device)
+        device = resolve_device(args.device)  # cuda:N also becomes the current device
+        if device.type != "cuda":
+            raise ValueError(f"--device: gpucheck checks a GPU (cuda or cuda:N), got {args.device!r}")
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         size_names, dtypes, kernel_impl = ("tiny", "paper"), ("fp32", "bf16", "fp16"), None
         model_runs = [("tiny", 2, {}), ("paper", 2, {})]
         timing_size, providers, reps, warmup = "paper", timing.PROVIDERS, 20, 3
