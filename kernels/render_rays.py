@@ -39,7 +39,7 @@ import triton
 from .reference import render_rays_ref
 from .render_rays_kernels import _render_bwd_kernel, _render_fwd_kernel
 from .triplane_sample import _gather_planes
-from .utils import AotSpec, check_same, check_tensor, next_power_of_2, use_triton
+from .utils import AotSpec, check_same, check_tensor, launch, next_power_of_2, use_triton
 
 AXES = ("xyz", "eg3d")
 MAX_C, MAX_HIDDEN, MAX_CF = 32, 64, 32  # the Triton path's widths (register tiles; AOT-checked at these maxima)
@@ -82,7 +82,7 @@ def _launch_fwd(planes, origins, directions, depths, w1, b1, w2, b2, axes, box_w
     if B * R == 0:
         return rgb, depth, weights, rgb_acc, stats
     src = _gather_planes(planes, R * S)
-    _render_fwd_kernel[(triton.cdiv(R, BLOCK_R), B)](
+    launch(_render_fwd_kernel, (triton.cdiv(R, BLOCK_R), B),
         src, origins.contiguous(), directions.contiguous(), depths.contiguous(), w1.contiguous(), b1.contiguous(),
         w2.contiguous(), b2.contiguous(), rgb, depth, weights, rgb_acc, stats,
         R, S, H, W, *src.stride(), 2.0 / box_warp, density_bias,
@@ -109,7 +109,7 @@ def _launch_bwd(g_rgb, g_depth, planes, origins, directions, depths, w1, b1, w2,
                 part if need_dweights else stats, R, S, H, W, *src.stride(), 2.0 / box_warp, density_bias)  # fmt: skip
         for dplanes_part, dw_part in _bwd_parts(dev):
             if (dplanes_part and need_dplanes) or (dw_part and need_dweights):
-                _render_bwd_kernel[(n_r, B)](
+                launch(_render_bwd_kernel, (n_r, B),
                     *args, EG3D=axes == "eg3d", WHITE_BACK=white_back, NEED_DPLANES=dplanes_part and need_dplanes,
                     NEED_DW=dw_part and need_dweights, C=C, HID=hidden, CF=cf, **_blocks(C, hidden, cf),
                     num_warps=_BWD_WARPS,

@@ -107,6 +107,11 @@ def op_bytes(op: str, mode: str, inputs: Sequence[torch.Tensor]) -> int:
         # fwd: read planes (each texel once), rays, depths, decoder; write rgb, depth and the per-ray state.
         # bwd: read the same plus the output gradients and the state; write dplanes and the decoder gradients.
         return e * (3 * B * C * H * W + rays_in + params + per_ray) + state
+    if op == "render_rays_weights":  # the density-only coarse pass: read what render_rays reads, write the weights
+        planes, _, _, depths, *decoder = inputs
+        B, _, C, H, W = planes.shape
+        R, S = depths.shape[1], depths.shape[2]
+        return e * (3 * B * C * H * W + B * R * (6 + S) + sum(t.numel() for t in decoder) + B * R * (S - 1))
     if op == "pixel_shuffle_lowpass":  # x [B, C*f*f, H, W] -> [B, C, fH, fW]: same element count
         return e * 2 * inputs[0].numel()
     raise ValueError(f"unknown op {op!r}")

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-from export3d.kernels import composite_rays, default_lowpass_taps, eadaln, pixel_shuffle_lowpass, triplane_sample
+from export3d.kernels import (
+    composite_rays,
+    default_lowpass_taps,
+    eadaln,
+    pixel_shuffle_lowpass,
+    render_rays,
+    render_rays_weights,
+    triplane_sample,
+)
 from export3d.model.config import ModelConfig, preset
 
 Tensors = tuple[torch.Tensor, ...]
@@ -28,8 +36,9 @@ class Sizes:
     tokens: tuple[int, int]  # eadaln (L, D)
     planes: tuple[int, int]  # triplane_sample (C, side)
     points: int  # triplane_sample points per batch element (rays x samples of one pass)
-    rays: tuple[int, int, int]  # composite_rays (R, S, C)
+    rays: tuple[int, int, int]  # composite_rays and render_rays (R, S, C): the final pass over coarse + fine samples
     shuffle: tuple[int, int]  # pixel_shuffle_lowpass input (channels, side) before the x2 shuffle
+    decoder_hidden: int  # render_rays' decoder MLP width
 
 
 def model_sizes(cfg: ModelConfig, batch: int) -> Sizes:
@@ -44,13 +53,15 @@ def model_sizes(cfg: ModelConfig, batch: int) -> Sizes:
         points=rays * r.n_coarse,
         rays=(rays, r.n_coarse + r.n_fine, r.feature_channels),
         shuffle=(g.high_hidden, H // 4),
+        decoder_hidden=r.decoder_hidden,
     )
 
 
 def sizes(name: str) -> Sizes:
     """``"paper"`` (batch 2), ``"tiny"`` (batch 8, its training batch) or ``"small"`` (for the interpreter)."""
     if name == "small":
-        return Sizes(batch=2, tokens=(5, 1100), planes=(16, 8), points=40, rays=(9, 10, 16), shuffle=(16, 6))
+        return Sizes(batch=2, tokens=(5, 1100), planes=(16, 8), points=40, rays=(9, 6, 16), shuffle=(16, 6),
+                     decoder_hidden=16)
     return model_sizes(preset(name), 2 if name == "paper" else 8)
 
 
@@ -113,12 +124,44 @@ def _psl_run(leaves: Tensors, impl: str) -> Tensors:
     return (pixel_shuffle_lowpass(x, 2, taps, impl=impl),)
 
 
+def _render_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    """planes and decoder in ``dtype`` (requiring grad); rays and depths fp32 constants, as the renderer passes them."""
+    g, (C, P), (R, S, cf) = _gen(seed), z.planes, z.rays
+    B, hidden = z.batch, z.decoder_hidden
+    planes = torch.randn(B, 3, C, P, P, generator=g) * 0.5  # [B, 3, C, P, P]
+    origins = torch.tensor([0.0, 0.0, 2.7]).expand(B, R, 3).contiguous()  # [B, R, 3]
+    target = (torch.rand(B, R, 3, generator=g) - 0.5) * torch.tensor([0.6, 0.6, 0.0])
+    directions = torch.nn.functional.normalize(target - origins, dim=-1)  # [B, R, 3]: rays through the box
+    depths = (torch.linspace(2.25, 3.3, S).view(1, 1, S, 1) + torch.rand(B, R, S, 1, generator=g) * 0.01).sort(2)[0]
+    w1, b1 = torch.randn(C, hidden, generator=g) * C**-0.5, torch.randn(hidden, generator=g) * 0.1
+    w2, b2 = torch.randn(hidden, 1 + cf, generator=g) * hidden**-0.5, torch.randn(1 + cf, generator=g) * 0.1
+    rays = [t.to(device) for t in (origins, directions, depths)]
+    return (_leaf(planes, dtype, device), *rays, *(_leaf(t, dtype, device) for t in (w1, b1, w2, b2)))
+
+
+def _render_run(leaves: Tensors, impl: str) -> Tensors:
+    return render_rays(*leaves, axes="xyz", box_warp=1.0, density_bias=-1.0, white_back=False, impl=impl)
+
+
+def _render_weights_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    return tuple(t.detach() for t in _render_leaves(z, dtype, device, seed))  # the coarse pass: no gradient
+
+
+def _render_weights_run(leaves: Tensors, impl: str) -> Tensors:
+    return (render_rays_weights(*leaves, axes="xyz", box_warp=1.0, density_bias=-1.0, impl=impl),)
+
+
 @dataclass(frozen=True)
 class OpEntry:
     name: str
     leaves: Callable[[Sizes, torch.dtype, torch.device, int], Tensors]  # inputs; those requiring grad are checked
     run: Callable[[Tensors, str], Tensors]  # (leaves, impl) -> the differentiable outputs
     bitwise: bool  # the kernels promise bitwise-identical results run to run (no atomics)
+    module: str = ""  # the kernel module under kernels/ (default: the name)
+
+    @property
+    def kernel_module(self) -> str:
+        return self.module or self.name
 
 
 OPS: dict[str, OpEntry] = {
@@ -128,6 +171,8 @@ OPS: dict[str, OpEntry] = {
         OpEntry("triplane_sample", _triplane_leaves, _triplane_run, bitwise=False),  # atomics in the backward
         OpEntry("composite_rays", _composite_leaves, _composite_run, bitwise=True),
         OpEntry("pixel_shuffle_lowpass", _psl_leaves, _psl_run, bitwise=True),
+        OpEntry("render_rays", _render_leaves, _render_run, bitwise=False),  # plane-gradient atomics
+        OpEntry("render_rays_weights", _render_weights_leaves, _render_weights_run, bitwise=True, module="render_rays"),
     )
 }
 
@@ -138,5 +183,5 @@ def forward_backward(entry: OpEntry, leaves: Tensors, impl: str, seed: int = 1) 
     g = _gen(seed)
     grads_out = [torch.randn(o.shape, generator=g).to(device=o.device, dtype=o.dtype) for o in outs]
     wrt = [t for t in leaves if t.requires_grad]
-    grads = torch.autograd.grad(outs, wrt, grads_out)
+    grads = torch.autograd.grad(outs, wrt, grads_out) if wrt else ()
     return tuple(o.detach() for o in outs), tuple(grads)

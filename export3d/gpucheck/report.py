@@ -65,6 +65,10 @@ def _fmt_s(s: float | None) -> str:
     return "-" if s is None else (f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s")
 
 
+def _fmt_gbps(g: float | None) -> str:
+    return "-" if g is None else f"{g:.1f}"
+
+
 def _fmt_frac(f: float | None) -> str:
     return "-" if f is None else f"{100 * f:.0f}%"
 
@@ -83,9 +87,9 @@ def markdown(result: dict) -> str:
                   "| op | provider | forward | fwd GB/s | fwd % peak | backward | bwd GB/s | bwd % peak |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in result["op_timings"]:
-            lines.append(f"| {r['op']} | {r['provider']} | {_fmt_s(r['forward_s'])} | {r['forward_gbps']:.1f} | "
+            lines.append(f"| {r['op']} | {r['provider']} | {_fmt_s(r['forward_s'])} | {_fmt_gbps(r['forward_gbps'])} | "
                          f"{_fmt_frac(r['forward_peak_fraction'])} | {_fmt_s(r['backward_s'])} | "
-                         f"{r['backward_gbps']:.1f} | {_fmt_frac(r['backward_peak_fraction'])} |")  # fmt: skip
+                         f"{_fmt_gbps(r['backward_gbps'])} | {_fmt_frac(r['backward_peak_fraction'])} |")  # fmt: skip
         if result["peak_gbps"][0]:
             lines.append(f"\nPeak bandwidth {result['peak_gbps'][0]:.0f} GB/s ({result['peak_gbps'][1]}).")
     if result["train_steps"]:

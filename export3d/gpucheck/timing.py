@@ -56,14 +56,17 @@ def time_op(entry: OpEntry, z: Sizes, provider: str, device: torch.device, reps:
     wrt = [t for t in leaves if t.requires_grad]
     grads_out = [torch.randn_like(o) for o in fn()]
     timed, backward_s = _timer(device), []
-    for _ in range(warmup + reps):  # a fresh graph each time: compiled backward graphs need not be retainable
-        outs = fn()
+    for _ in range(warmup + reps if wrt else 0):  # a fresh graph each time: compiled backward graphs need not be
+        outs = fn()  # retainable
         backward_s.append(timed(lambda outs=outs: torch.autograd.grad(outs, wrt, grads_out)))
     row = {"op": entry.name, "provider": provider, "forward_s": median_time(fn, device, reps, warmup),
-           "backward_s": statistics.median(backward_s[warmup:])}  # fmt: skip
+           "backward_s": statistics.median(backward_s[warmup:]) if wrt else None}  # fmt: skip
     peak, _ = peak_bandwidth(device)
     inputs = list(leaves)
     for mode in ("forward", "backward"):
+        if row[f"{mode}_s"] is None:  # no gradient (render_rays_weights)
+            row[f"{mode}_gbps"] = row[f"{mode}_peak_fraction"] = None
+            continue
         gbps = op_bytes(entry.name, mode, inputs) / row[f"{mode}_s"] / 1e9
         row[f"{mode}_gbps"] = gbps
         row[f"{mode}_peak_fraction"] = gbps / peak if peak else None

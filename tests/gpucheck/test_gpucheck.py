@@ -13,7 +13,7 @@ import torch
 from export3d.gpucheck import checks
 from export3d.gpucheck.ops import OPS, Sizes
 
-TINY = Sizes(batch=2, tokens=(3, 40), planes=(4, 5), points=30, rays=(5, 4, 3), shuffle=(4, 3))
+TINY = Sizes(batch=2, tokens=(3, 40), planes=(4, 5), points=30, rays=(5, 4, 3), shuffle=(4, 3), decoder_hidden=8)
 
 
 def _run(*args, env_extra=None, cwd=None):
@@ -35,7 +35,7 @@ def test_interpret_run_passes_and_writes_both_reports(tmp_path):
         assert {f"{op} {d} (small)" for d in ("fp32", "fp16", "bf16")} | {f"{op} determinism (small)"} <= names
     assert any(n.startswith("model tiny") for n in names)
     assert {r["op"] for r in result["op_timings"]} == set(OPS)
-    assert {r["variant"] for r in result["train_steps"]} == {"reference", "fast"}
+    assert [r["variant"] for r in result["train_steps"]] == ["reference"]
     assert result["environment"]["triton"] and result["environment"]["torch"] == torch.__version__
     assert md.startswith("## gpucheck: PASS") and "| eadaln fp16 (small) | ok |" in md
     assert "PASS" in done.stdout and str(tmp_path / "gpucheck.md") in done.stdout

@@ -27,10 +27,12 @@ def test_aot_compiles_every_kernel_without_spills(tmp_path):
         archs = {r["arch"] for r in rows if r["kernel"] == name}
         assert archs == {f"sm_{a}" for a in ARCHS}, name
     assert all(r["error"] == "" and r["spill_bytes"] == 0 and r["registers"] > 0 for r in rows)
-    # the presets' own configurations: both presets, forward and backward of every op, on every arch
+    # the presets' own configurations: both presets, forward and backward of every op the model runs on the Triton
+    # path (the renderer's is render_rays; triplane_sample and composite_rays serve its reference path and users)
+    model_kernels = {f"{stem}_{d}_kernel" for stem in ("_eadaln", "_psl", "_render") for d in ("fwd", "bwd")}
     for preset in ("paper", "tiny"):
         launched = [r for r in rows if f"{preset}[" in r["covers"]]
-        assert {r["kernel"] for r in launched} == kernels, preset
+        assert {r["kernel"] for r in launched} == model_kernels, preset
         assert {r["arch"] for r in launched} == {f"sm_{a}" for a in ARCHS}
         assert any("train-bf16" in r["covers"] and r["config"].startswith("bf16") for r in launched), preset
         assert all("align16=0" not in r["config"] for r in launched), "real launches are 16-byte aligned"

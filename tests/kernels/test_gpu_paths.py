@@ -22,7 +22,7 @@ from tests.kernels.helpers import assert_close_lowp
 
 ts_mod = importlib.import_module("export3d.kernels.triplane_sample")
 ea_mod = importlib.import_module("export3d.kernels.eadaln")
-SMALL = Sizes(batch=2, tokens=(4, 72), planes=(8, 6), points=23, rays=(6, 7, 5), shuffle=(8, 5))
+SMALL = Sizes(batch=2, tokens=(4, 72), planes=(8, 6), points=23, rays=(6, 7, 5), shuffle=(8, 5), decoder_hidden=8)
 EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
@@ -174,16 +174,34 @@ def test_expanded_batch_one_planes(threshold, monkeypatch, device):
     _planes_check(planes, coords, base)
 
 
-def test_renderer_copies_the_planes_once_per_forward(monkeypatch):
+def test_renderer_copies_the_planes_once_per_training_step(monkeypatch):
+    """render_rays_weights (coarse), render_rays (final pass) and its backward read one channel-last copy, made for
+    the one plane set of an expanded batch: one copy of 1 x 3 x C x P x P per step."""
     from export3d import Export3D
 
     copies = []
     real = ts_mod._channel_last_copy
-    monkeypatch.setattr(ts_mod, "_channel_last_copy", lambda p: copies.append(p.shape) or real(p))
+    monkeypatch.setattr(ts_mod, "_channel_last_copy", lambda p: copies.append(tuple(p.shape)) or real(p))
+    torch.manual_seed(0)
+    model = Export3D.from_preset("tiny", impl="fast", kernel_impl="triton", image_size=32,
+                                 render={"n_coarse": 4, "n_fine": 4}).train()  # fmt: skip
+    planes = torch.randn(1, 3, 16, 16, 16, requires_grad=True)
+    out = model.renderer(planes.expand(2, -1, -1, -1, -1), torch.randn(2, 25).clamp(-1, 1))
+    out.features.square().mean().backward()
+    assert copies == [(1, 3, 16, 16, 16)]
+    assert planes.grad is not None and planes.grad.abs().sum() > 0
+
+
+def test_fused_renderer_under_bf16_autocast():
+    """--amp: the rays stay fp32 (autocast used to make the directions bf16, which render_rays refuses by name)."""
+    from export3d import Export3D
+
     torch.manual_seed(0)
     model = Export3D.from_preset("tiny", impl="fast", kernel_impl="triton", image_size=32,
                                  render={"n_coarse": 4, "n_fine": 4}).eval()  # fmt: skip
-    planes = torch.randn(1, 3, 16, 16, 16)
+    planes, camera = torch.randn(1, 3, 16, 16, 16), torch.randn(1, 25).clamp(-1, 1)
     with torch.no_grad():
-        model.renderer(planes.expand(2, -1, -1, -1, -1), torch.randn(2, 25).clamp(-1, 1))
-    assert copies == [(1, 3, 16, 16, 16)]  # coarse and fine passes share one copy, made for one plane set
+        want = model.renderer(planes, camera).features
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.renderer(planes, camera).features
+    torch.testing.assert_close(got, want)  # the renderer's fused path is fp32 under autocast

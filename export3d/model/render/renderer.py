@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export3d.kernels import composite_rays, render_rays, render_rays_weights, triplane_sample
+from export3d.kernels import composite_rays, prepare_planes, render_rays, render_rays_weights, triplane_sample
 from export3d.kernels.utils import use_triton
 from export3d.model.config import ModelConfig
 from export3d.model.render.cameras import camera_rays
@@ -105,6 +105,9 @@ class VolumeRenderer(nn.Module):
     def _render_fused(self, planes, origins, directions, coarse):
         """The Triton path: -> rgb ``[B, R, Cf]``, depth ``[B, R, 1]`` (same samples as the split path)."""
         decoder = self.decoder.fused_weights()
+        # the plane layout the kernels gather best from (a channel-last copy at rendering sizes), made once here
+        # instead of in each of the coarse pass, the final pass and its backward
+        planes = prepare_planes(planes, coarse.shape[1] * coarse.shape[2], impl=self.kernel_impl)
         opts = {"axes": self.axes, "box_warp": self.box_warp, "density_bias": self.density_bias}
         weights_c = render_rays_weights(planes, origins, directions, coarse, *decoder, **opts, impl=self.kernel_impl)
         fine = importance_depths(coarse, weights_c, self.n_fine, deterministic=not self.training)  # [B, R, Sf, 1]
@@ -115,7 +118,8 @@ class VolumeRenderer(nn.Module):
     def forward(self, planes: torch.Tensor, camera: torch.Tensor) -> RenderOutput:
         B, res = planes.shape[0], self.resolution
         planes = planes.float()  # geometry, sampling and compositing run in fp32, also under autocast
-        origins, directions = camera_rays(camera.float(), res)  # [B, R, 3] each, R = res^2
+        with torch.autocast(planes.device.type, enabled=False):  # ray geometry in fp32 under --amp too: autocast
+            origins, directions = camera_rays(camera.float(), res)  # would make directions bf16 ([B, R, 3], R = res^2)
         R = origins.shape[1]
         coarse = stratified_depths(B, R, self.n_coarse, self.ray_start, self.ray_end, jitter=self.training,
                                    device=planes.device)  # [B, R, Sc, 1]  # fmt: skip
