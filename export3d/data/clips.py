@@ -28,7 +28,9 @@ cross-identity triples need ground truth that real folders do not have (use ``Sy
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -274,21 +276,40 @@ class ClipFolder:
 
 def write_clip(folder: Path, images: torch.Tensor, beta: torch.Tensor, camera: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None, video: bool = False) -> None:
-    """Write one clip: images # [T, 3, R, R] in [-1, 1] as PNGs (or one mp4), params.npz with beta/camera."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()  # [T, R, R, 3]
-    if video:
-        import imageio.v2 as iio
+    """Write one clip: images # [T, 3, R, R] in [-1, 1] as PNGs (or one mp4), params.npz with beta/camera.
 
-        iio.mimwrite(folder / "frames.mp4", list(pixels), fps=25, macro_block_size=1)
+    The clip is written into a temporary sibling folder and renamed into place (replacing an earlier copy
+    only then), so a crash or Ctrl-C never leaves a half-written clip under ``folder``.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()  # [T, R, R, 3]
+        if video:
+            import imageio.v2 as iio
+
+            iio.mimwrite(tmp / "frames.mp4", list(pixels), fps=25, macro_block_size=1)
+        else:
+            from PIL import Image
+
+            for t, px in enumerate(pixels):
+                Image.fromarray(px).save(tmp / f"{t:05d}.png")
+        arrays = {"expression": beta.numpy().astype(np.float32), "camera": camera.numpy().astype(np.float32)}
+        arrays.update({k: v.numpy().astype(np.float32) for k, v in (extras or {}).items()})
+        np.savez(tmp / "params.npz", **arrays)
+    except BaseException:  # the half-written temporary folder goes; the error (or Ctrl-C) goes on
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        old_copy = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        folder.rename(old_copy)
+        tmp.rename(folder)
+        shutil.rmtree(old_copy)
     else:
-        from PIL import Image
-
-        for t, px in enumerate(pixels):
-            Image.fromarray(px).save(folder / f"{t:05d}.png")
-    arrays = {"expression": beta.numpy().astype(np.float32), "camera": camera.numpy().astype(np.float32)}
-    arrays.update({k: v.numpy().astype(np.float32) for k, v in (extras or {}).items()})
-    np.savez(folder / "params.npz", **arrays)
+        tmp.rename(folder)
 
 
 def export_synthetic(config: SyntheticConfig, root: str | Path, splits: Sequence[str] = ("train", "test"),

@@ -173,3 +173,27 @@ def test_wrong_resolution_against_the_request(dataset):
     with pytest.raises(ClipFormatError, match="expected 64x64") as err:
         ClipFolder(dataset, resolution=64)
     assert str(dataset / CLIP / "00000.png") in str(err.value)
+
+
+def test_write_clip_is_all_or_nothing(tmp_path, monkeypatch):
+    from export3d.data import clips
+
+    images, beta, camera = torch.zeros(3, 3, 8, 8), torch.zeros(3, 64), torch.zeros(3, 25)
+    clips.write_clip(tmp_path / "clip", images + 0.5, beta, camera)
+    before = sorted(p.name for p in (tmp_path / "clip").iterdir())
+
+    def broken_savez(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing the replacement
+
+    monkeypatch.setattr(clips.np, "savez", broken_savez)
+    with pytest.raises(KeyboardInterrupt):
+        clips.write_clip(tmp_path / "clip", images - 0.5, beta, camera)
+    with pytest.raises(KeyboardInterrupt):
+        clips.write_clip(tmp_path / "new_clip", images, beta, camera)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]  # no temporary folder, no half-written clip
+    assert sorted(p.name for p in (tmp_path / "clip").iterdir()) == before
+    assert np.asarray(Image.open(tmp_path / "clip" / "00000.png")).min() > 128  # still the first clip's frames
+    monkeypatch.undo()
+    clips.write_clip(tmp_path / "clip", images - 0.5, beta, camera)
+    assert np.asarray(Image.open(tmp_path / "clip" / "00000.png")).max() < 128  # replaced once complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
