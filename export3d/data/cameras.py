@@ -10,9 +10,10 @@ Convention (DESIGN.md section 3, must match the model):
   on the image's right side for a frontal camera (like a photograph). For the frontal camera the
   cam2world rotation is ``diag(1, -1, -1)``: camera x = world +x, camera y (down) = world -y,
   camera z (forward) = world -z, exactly EG3D's ``LookAtPoseSampler`` at yaw = pitch = 0.
-- Orbit: the camera sits at ``pivot + radius * (cos(pitch) sin(yaw), sin(pitch), cos(pitch) cos(yaw))``
-  looking at the pivot (0, 0, 0.2), radius 2.7, no roll. Positive yaw moves the camera toward the
-  subject's left (world +x); positive pitch moves it up (it looks down on the head).
+- Orbit: EG3D's ``LookAtPoseSampler.sample(pi/2 + yaw, pi/2 + pitch, (0, 0, 0.2), radius=2.7)``: the
+  camera sits 2.7 from the *origin* at ``2.7 (sin(phi) sin(yaw), cos(phi), sin(phi) cos(yaw))`` with
+  ``phi = arccos(-2 pitch / pi)``, looking at the pivot (0, 0, 0.2), no roll. Positive yaw moves the camera
+  toward the subject's left (world +x); positive pitch moves it *down* (EG3D's sign: it looks up at the head).
 - Rays go through pixel centres: ``u = (i + 0.5) / W`` (i = column), ``v = (j + 0.5) / H``
   (j = row, row 0 at the top), camera-space direction ``((u - cx) / fx, (v - cy) / fy, 1)``.
 """
@@ -22,6 +23,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from export3d.render.cameras import look_at_camera
 
 FOCAL = 4.2647
 RADIUS = 2.7
@@ -45,30 +48,14 @@ def intrinsics_tensor() -> torch.Tensor:
 def orbit_camera(
     yaw: torch.Tensor, pitch: torch.Tensor, radius: float = RADIUS, pivot: tuple[float, float, float] = PIVOT
 ) -> torch.Tensor:
-    """Cameras on the orbit around ``pivot`` looking at it. yaw, pitch: radians # [B] -> [B, 25] float32.
+    """EG3D's ``LookAtPoseSampler`` camera of (yaw, pitch) in radians: # [B] -> [B, 25] float32.
 
-    Computed in float64 and rounded once, so the result does not depend on the batch it is in.
+    The model's ``look_at_camera`` (one formula for the synthetic data, the orbit helper and the model), computed
+    in float64 and rounded once, so the result does not depend on the batch it is in.
     """
     if yaw.shape != pitch.shape or yaw.dim() != 1:
         raise ValueError(f"yaw and pitch must be 1-d and of equal shape, got {tuple(yaw.shape)}, {tuple(pitch.shape)}")
-    yaw = yaw.to(torch.float64)
-    pitch = pitch.to(torch.float64)
-    piv = torch.tensor(pivot, dtype=torch.float64)
-    offset = torch.stack([torch.cos(pitch) * torch.sin(yaw), torch.sin(pitch), torch.cos(pitch) * torch.cos(yaw)], -1)
-    origin = piv + radius * offset  # [B, 3]
-    forward = -offset  # [B, 3], unit length, points at the pivot
-    up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
-    right = torch.linalg.cross(forward, up)
-    right = right / torch.sqrt(dot3(right, right))[:, None]
-    down = torch.linalg.cross(forward, right)  # [B, 3]; right x down = forward (right-handed)
-    cam2world = torch.zeros(yaw.shape[0], 4, 4, dtype=torch.float64)
-    cam2world[:, :3, 0] = right
-    cam2world[:, :3, 1] = down
-    cam2world[:, :3, 2] = forward
-    cam2world[:, :3, 3] = origin
-    cam2world[:, 3, 3] = 1.0
-    intr = torch.tensor(INTRINSICS, dtype=torch.float64).reshape(1, 9).expand(yaw.shape[0], 9)
-    return torch.cat([cam2world.reshape(-1, 16), intr], dim=1).to(torch.float32)
+    return look_at_camera(yaw, pitch, radius, pivot, FOCAL)
 
 
 def orbit_camera_deg(yaw_deg: float, pitch_deg: float = 0.0) -> torch.Tensor:

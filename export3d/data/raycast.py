@@ -98,7 +98,9 @@ def _trace(org, dirs, coarse_dirs, table, pixel, block: int) -> tuple[torch.Tens
         tc, state_c = _march(co, cd, table.index_select(1, cframe), start, end, eps[cframe], cone, CONE_STEPS)
         tile = (torch.arange(res) // block)[:, None] * nc + (torch.arange(res) // block)[None, :]  # [R, R]
         tile = (tile.reshape(1, -1) + (torch.arange(bsz) * nc * nc)[:, None]).reshape(-1)  # [B*R*R]
-        t0 = torch.maximum(t0, tc[tile])
+        # start one cone width before the cone's stop: the head's fields are distance bounds, not exact distances,
+        # so a cone can stop a little past a grazing pixel ray's first hit (seen with EG3D's closer orbit camera)
+        t0 = torch.maximum(t0, tc[tile] - (eps[cframe] + cone)[tile] * tc[tile])
         meets = meets & (state_c[tile] != 0)
     t_hit = torch.full(t0.shape, float("inf"))
     hit = torch.zeros(t0.shape, dtype=torch.bool)

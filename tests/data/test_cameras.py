@@ -1,10 +1,24 @@
 """Camera convention: valid EG3D cameras on the orbit, upright heads that stay inside the image."""
 
+import math
+
+import numpy as np
+import pytest
 import torch
 
-from export3d.data import INTRINSICS, N_APPEARANCE, PIVOT, FrameKey, SyntheticConfig, SyntheticHeads, orbit_camera_deg
+from export3d.data import (
+    INTRINSICS,
+    N_APPEARANCE,
+    PIVOT,
+    FrameKey,
+    SyntheticConfig,
+    SyntheticHeads,
+    orbit_camera,
+    orbit_camera_deg,
+)
 from export3d.data.heads import APPEARANCE_NAMES
 from export3d.data.raycast import render_heads
+from export3d.render import look_at_camera
 
 CFG = SyntheticConfig(resolution=32)
 KEYS = [FrameKey(i, c, f) for i in range(12) for c in range(2) for f in range(0, 64, 9)]
@@ -21,21 +35,51 @@ def test_cameras_are_rigid_orbit_cameras_looking_at_the_pivot():
     intr = torch.tensor(INTRINSICS, dtype=torch.float64).reshape(9)
     torch.testing.assert_close(cams[:, 16:], intr.expand(len(KEYS), 9), atol=1e-6, rtol=0)
     pivot = torch.tensor(PIVOT, dtype=torch.float64)
-    torch.testing.assert_close((pos - pivot).norm(dim=1), torch.full((len(KEYS),), 2.7, dtype=torch.float64),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(pos.norm(dim=1), torch.full((len(KEYS),), 2.7, dtype=torch.float64),
+                               atol=1e-5, rtol=0)  # EG3D: 2.7 from the origin ...
     forward = (pivot - pos) / (pivot - pos).norm(dim=1, keepdim=True)
-    torch.testing.assert_close(rot[:, :, 2], forward, atol=1e-5, rtol=0)  # camera +z looks at the pivot
+    torch.testing.assert_close(rot[:, :, 2], forward, atol=1e-5, rtol=0)  # ... looking at the pivot
     assert (rot[:, 1, 1] < 0).all()  # camera y (down) points to world -y: world +y is up in the image
-    offset = pos - pivot
-    yaw = torch.rad2deg(torch.atan2(offset[:, 0], offset[:, 2]))
-    pitch = torch.rad2deg(torch.asin(offset[:, 1] / 2.7))
+    yaw = torch.rad2deg(torch.atan2(pos[:, 0], pos[:, 2]))
+    pitch = torch.rad2deg(-math.pi / 2 * pos[:, 1] / 2.7)  # EG3D: height = -2 r pitch / pi
     assert yaw.abs().max() <= 35.0 and pitch.abs().max() <= 20.0
     assert yaw.abs().max() > 20.0 and pitch.abs().max() > 10.0  # the range is actually used
 
 
+def _eg3d_look_at(horizontal, vertical, lookat, radius):
+    """EG3D's LookAtPoseSampler.sample + create_cam2world_matrix (eg3d/camera_utils.py), written out in numpy."""
+    v = np.clip(vertical, 1e-5, math.pi - 1e-5) / math.pi
+    theta, phi = horizontal, np.arccos(1 - 2 * v)
+    origin = radius * np.array([np.sin(phi) * np.cos(math.pi - theta), np.cos(phi),
+                                np.sin(phi) * np.sin(math.pi - theta)])
+    forward = np.asarray(lookat) - origin
+    forward /= np.linalg.norm(forward)
+    right = -np.cross([0.0, 1.0, 0.0], forward)
+    right /= np.linalg.norm(right)
+    up = np.cross(forward, right)
+    up /= np.linalg.norm(up)
+    cam2world = np.eye(4)
+    cam2world[:3, :3] = np.stack([right, up, forward], axis=-1)
+    cam2world[:3, 3] = origin
+    return cam2world
+
+
+def test_orbit_cameras_are_eg3ds_look_at_pose_sampler():
+    yaws = [0.0, 0.3, -0.5, 0.8, 0.1]
+    pitches = [0.0, 0.2, -0.25, 0.05, -0.6]
+    for fn in (orbit_camera, look_at_camera):
+        cams = fn(torch.tensor(yaws, dtype=torch.float64), torch.tensor(pitches, dtype=torch.float64)).double()
+        for cam, yaw, pitch in zip(cams, yaws, pitches, strict=True):
+            expected = _eg3d_look_at(math.pi / 2 + yaw, math.pi / 2 + pitch, (0.0, 0.0, 0.2), 2.7)
+            np.testing.assert_allclose(cam[:16].reshape(4, 4).numpy(), expected, atol=1e-6)
+            np.testing.assert_allclose(cam[16:].numpy(), [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1], atol=1e-6)
+    up = orbit_camera_deg(0.0, -10.0)  # EG3D's pitch sign: negative pitch puts the camera above the head
+    assert up[7] > 0 and up[7] == pytest.approx(2 * 2.7 * math.radians(10.0) / math.pi, abs=1e-5)
+
+
 def test_frontal_camera_is_eg3d_default():
     cam = orbit_camera_deg(0.0, 0.0)
-    expected = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2.9], [0, 0, 0, 1]])
+    expected = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2.7], [0, 0, 0, 1]])
     torch.testing.assert_close(cam[:16].reshape(4, 4), expected, atol=1e-6, rtol=0)
 
 

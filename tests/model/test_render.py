@@ -47,7 +47,7 @@ def test_frontal_camera_conventions():
     camera = look_at_camera(torch.zeros(1), torch.zeros(1))
     c2w = camera[0, :16].reshape(4, 4)
     torch.testing.assert_close(c2w[:3, :3], torch.diag(torch.tensor([1.0, -1.0, -1.0])))
-    torch.testing.assert_close(c2w[:3, 3], torch.tensor([0.0, 0.0, 2.9]))
+    torch.testing.assert_close(c2w[:3, 3], torch.tensor([0.0, 0.0, 2.7]))  # EG3D: 2.7 from the origin
     assert abs(fov_degrees() - 18.837) < 1e-2  # EG3D rounds sqrt(2) and pi
     pts = torch.tensor([[[0.0, 0.0, 0.2], [0.1, 0.0, 0.2], [0.0, 0.1, 0.2]]])
     uv, depth = project_points(camera, pts)

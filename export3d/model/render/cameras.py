@@ -3,8 +3,9 @@
 Camera ``p [B, 25]`` (DESIGN.md section 3): 16 values of the 4x4 cam2world matrix, row-major, OpenCV
 camera axes (x right, y down, z forward), then the 9 values of the normalised 3x3 intrinsics
 ``[[fx, sk, cx], [0, fy, cy], [0, 0, 1]]`` (image coordinates in [0, 1]; default fx = fy = 4.2647,
-cx = cy = 0.5). World: the head faces +z with +y up; the frontal camera sits at ``pivot + (0, 0, r)``
-with cam2world rotation ``diag(1, -1, -1)`` (EG3D's LookAtPoseSampler at yaw = pitch = 0).
+cx = cy = 0.5). World: the head faces +z with +y up; the frontal camera sits at ``(0, 0, r)``, 2.7 from the
+origin, looking at the pivot (0, 0, 0.2), cam2world rotation ``diag(1, -1, -1)`` (EG3D's LookAtPoseSampler at
+yaw = pitch = 0; :func:`look_at_camera` is that sampler).
 
 Pixel ``(row i, column j)`` of an ``res x res`` image has its centre at ``u = (j + 0.5) / res``,
 ``v = (i + 0.5) / res``; rays are ordered row-major, ray index ``i * res + j``.
@@ -17,7 +18,7 @@ import math
 import torch
 
 FOCAL = 4.2647  # normalised focal length of the FFHQ/EG3D cameras (FOV 18.837 deg)
-RADIUS = 2.7  # default orbit radius
+RADIUS = 2.7  # default orbit radius, from the origin (EG3D)
 PIVOT = (0.0, 0.0, 0.2)  # default look-at point
 
 
@@ -76,21 +77,31 @@ def look_at_camera(
     pivot: tuple[float, float, float] = PIVOT,
     focal: float = FOCAL,
 ) -> torch.Tensor:
-    """Cameras on a sphere around ``pivot`` looking at it, no roll: yaw, pitch ``[B]`` radians -> ``[B, 25]``.
+    """EG3D's ``LookAtPoseSampler.sample(pi/2 + yaw, pi/2 + pitch, pivot, radius)``: yaw, pitch ``[B]`` -> ``[B, 25]``.
 
-    The camera sits at ``pivot + radius * (cos(pitch) sin(yaw), sin(pitch), cos(pitch) cos(yaw))``: yaw = pitch = 0
-    is frontal, positive yaw moves it towards world +x, positive pitch moves it up. Built in float64.
+    Exactly EG3D's formula (``eg3d/camera_utils.py``): with ``theta = pi/2 + yaw``, ``v = pi/2 + pitch`` (clamped to
+    ``[1e-5, pi - 1e-5]``) and ``phi = arccos(1 - 2 v / pi)``, the camera sits ``radius`` from the *origin* at
+    ``(sin(phi) cos(pi - theta), cos(phi), sin(phi) sin(pi - theta)) * radius`` and looks at ``pivot``, no roll.
+    So yaw = pitch = 0 is frontal (2.7 on +z), positive yaw moves the camera towards world +x (the subject's
+    left), and positive pitch moves it *down* (EG3D's sign), to the height ``-2 radius pitch / pi`` (EG3D's
+    elevation is not linear in pitch). Built in float64, rounded to float32 once.
     """
     yaw, pitch = yaw.double().reshape(-1), pitch.double().reshape(-1)
-    offset = torch.stack([pitch.cos() * yaw.sin(), pitch.sin(), pitch.cos() * yaw.cos()], dim=-1)  # [B, 3] unit
-    forward = -offset  # camera +z points at the pivot
+    theta = math.pi / 2 + yaw
+    v = (math.pi / 2 + pitch).clamp(1e-5, math.pi - 1e-5)
+    phi = torch.arccos(1 - 2 * v / math.pi)
+    origin = radius * torch.stack([phi.sin() * (math.pi - theta).cos(), phi.cos(), phi.sin() * (math.pi - theta).sin()],
+                                  dim=-1)  # fmt: skip
+    forward = torch.tensor(pivot, dtype=torch.float64) - origin
+    forward = forward / forward.norm(dim=-1, keepdim=True)  # camera +z
     up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
-    right = torch.linalg.cross(forward, up)
+    right = -torch.linalg.cross(up, forward)
     right = right / right.norm(dim=-1, keepdim=True)  # camera +x
-    down = torch.linalg.cross(forward, right)  # camera +y (OpenCV: down)
+    down = torch.linalg.cross(forward, right)
+    down = down / down.norm(dim=-1, keepdim=True)  # camera +y (OpenCV: down; EG3D calls it up_vector)
     cam2world = torch.zeros(yaw.shape[0], 4, 4, dtype=torch.float64)
     cam2world[:, :3, :3] = torch.stack([right, down, forward], dim=-1)
-    cam2world[:, :3, 3] = torch.tensor(pivot, dtype=torch.float64) + radius * offset
+    cam2world[:, :3, 3] = origin
     cam2world[:, 3, 3] = 1.0
     K = torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
     return torch.cat([cam2world.reshape(-1, 16), K.reshape(1, 9).expand(yaw.shape[0], 9)], dim=1).float()
