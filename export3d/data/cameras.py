@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from export3d.render.cameras import look_at_camera
+from export3d.utils.cameras import look_at_camera
 
 FOCAL = 4.2647
 RADIUS = 2.7

@@ -18,7 +18,7 @@ from export3d.data import (
 )
 from export3d.data.heads import APPEARANCE_NAMES
 from export3d.data.raycast import render_heads
-from export3d.render import look_at_camera
+from export3d.model.render import look_at_camera
 
 CFG = SyntheticConfig(resolution=32)
 KEYS = [FrameKey(i, c, f) for i in range(12) for c in range(2) for f in range(0, 64, 9)]

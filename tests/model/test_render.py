@@ -54,7 +54,7 @@ def test_frontal_camera_conventions():
     torch.testing.assert_close(uv[0, 0], torch.tensor([0.5, 0.5]))
     assert uv[0, 1, 0] > 0.5  # world +x appears on the right
     assert uv[0, 2, 1] < 0.5  # world +y (up) appears at the top
-    torch.testing.assert_close(depth[0], torch.full((3,), 2.7))
+    torch.testing.assert_close(depth[0], torch.full((3,), 2.5))  # the camera is 2.7 from the origin, 2.5 from z = 0.2
 
 
 def test_rays_match_the_data_pipeline_cameras():
