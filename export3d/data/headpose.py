@@ -18,16 +18,17 @@ the crop shows.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from export3d.data.cameras import FOCAL, INTRINSICS
 from export3d.data.landmarker import CanonicalMesh, require
+from export3d.utils.cameras import look_at_camera
 
 WORLD_PER_CM = 0.027  # EG3D: 0.27 per Deep3DFaceRecon BFM unit (10 cm)
 FACE_CENTRE = np.array([0.0, 0.006, 0.161])  # world position of the face model's centroid (EG3D's offsets)
-# EG3D's frontal camera: LookAtPoseSampler.sample(pi/2, pi/2, (0, 0, 0.2), radius=2.7) = 2.7 from the origin on +z,
-# looking along -z, OpenCV axes (cam2world rotation diag(1, -1, -1)), then the normalised intrinsics.
-FRONTAL_CAMERA = np.concatenate([np.array([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2.7], [0, 0, 0, 1]]).reshape(16),
-                                 np.asarray(INTRINSICS, dtype=np.float64).reshape(9)])
+# EG3D's frontal camera, LookAtPoseSampler.sample(pi/2, pi/2, (0, 0, 0.2), radius=2.7): 2.7 on +z looking along -z,
+# cam2world rotation diag(1, -1, -1), the normalised intrinsics. The crop is calibrated on it (export3d.data.crop).
+FRONTAL_CAMERA = look_at_camera(torch.zeros(1), torch.zeros(1))[0].double().numpy()
 
 
 def mesh_to_world(mesh: CanonicalMesh, points: np.ndarray | None = None) -> np.ndarray:

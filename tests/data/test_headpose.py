@@ -64,6 +64,9 @@ def test_crop_calibration_maps_a_frontal_face_to_eg3ds_frontal_camera():
     assert 0.3 < size_ref < 0.8
     landmarks = uv * 128
     np.testing.assert_allclose(solve_camera(mesh, landmarks, 128), FRONTAL_CAMERA, atol=1e-6)
+    expected = np.eye(4)
+    expected[:3, :3], expected[2, 3] = np.diag([1.0, -1.0, -1.0]), 2.7  # EG3D's sampler at yaw = pitch = 0
+    np.testing.assert_allclose(FRONTAL_CAMERA[:16].reshape(4, 4), expected, atol=1e-6)
 
 
 def _eg3d_look_at(horizontal, vertical, lookat, radius):
