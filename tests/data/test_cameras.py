@@ -19,6 +19,7 @@ from export3d.data import (
 from export3d.data.heads import APPEARANCE_NAMES
 from export3d.data.raycast import render_heads
 from export3d.model.render import look_at_camera
+from tests.data.eg3d_formula import eg3d_look_at
 
 CFG = SyntheticConfig(resolution=32)
 KEYS = [FrameKey(i, c, f) for i in range(12) for c in range(2) for f in range(0, 64, 9)]
@@ -46,31 +47,13 @@ def test_cameras_are_rigid_orbit_cameras_looking_at_the_pivot():
     assert yaw.abs().max() > 20.0 and pitch.abs().max() > 10.0  # the range is actually used
 
 
-def _eg3d_look_at(horizontal, vertical, lookat, radius):
-    """EG3D's LookAtPoseSampler.sample + create_cam2world_matrix (eg3d/camera_utils.py), written out in numpy."""
-    v = np.clip(vertical, 1e-5, math.pi - 1e-5) / math.pi
-    theta, phi = horizontal, np.arccos(1 - 2 * v)
-    origin = radius * np.array([np.sin(phi) * np.cos(math.pi - theta), np.cos(phi),
-                                np.sin(phi) * np.sin(math.pi - theta)])
-    forward = np.asarray(lookat) - origin
-    forward /= np.linalg.norm(forward)
-    right = -np.cross([0.0, 1.0, 0.0], forward)
-    right /= np.linalg.norm(right)
-    up = np.cross(forward, right)
-    up /= np.linalg.norm(up)
-    cam2world = np.eye(4)
-    cam2world[:3, :3] = np.stack([right, up, forward], axis=-1)
-    cam2world[:3, 3] = origin
-    return cam2world
-
-
 def test_orbit_cameras_are_eg3ds_look_at_pose_sampler():
     yaws = [0.0, 0.3, -0.5, 0.8, 0.1]
     pitches = [0.0, 0.2, -0.25, 0.05, -0.6]
     for fn in (orbit_camera, look_at_camera):
         cams = fn(torch.tensor(yaws, dtype=torch.float64), torch.tensor(pitches, dtype=torch.float64)).double()
         for cam, yaw, pitch in zip(cams, yaws, pitches, strict=True):
-            expected = _eg3d_look_at(math.pi / 2 + yaw, math.pi / 2 + pitch, (0.0, 0.0, 0.2), 2.7)
+            expected = eg3d_look_at(math.pi / 2 + yaw, math.pi / 2 + pitch, (0.0, 0.0, 0.2), 2.7)
             np.testing.assert_allclose(cam[:16].reshape(4, 4).numpy(), expected, atol=1e-6)
             np.testing.assert_allclose(cam[16:].numpy(), [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1], atol=1e-6)
     up = orbit_camera_deg(0.0, -10.0)  # EG3D's pitch sign: negative pitch puts the camera above the head

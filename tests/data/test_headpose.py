@@ -12,6 +12,7 @@ import pytest
 from export3d.data.crop import calibration, face_measures, smooth
 from export3d.data.headpose import FRONTAL_CAMERA, camera_angles, mesh_to_world, project, solve_camera
 from export3d.data.landmarker import MissingExtraError, canonical_mesh, require
+from tests.data.eg3d_formula import eg3d_look_at
 
 
 def _camera(yaw_deg, elevation_deg, roll_deg, radius=2.7):
@@ -69,25 +70,8 @@ def test_crop_calibration_maps_a_frontal_face_to_eg3ds_frontal_camera():
     np.testing.assert_allclose(FRONTAL_CAMERA[:16].reshape(4, 4), expected, atol=1e-6)
 
 
-def _eg3d_look_at(horizontal, vertical, lookat, radius):
-    """EG3D's LookAtPoseSampler.sample + create_cam2world_matrix (eg3d/camera_utils.py), written out in numpy."""
-    v = np.clip(vertical, 1e-5, math.pi - 1e-5) / math.pi
-    theta, phi = horizontal, np.arccos(1 - 2 * v)
-    origin = radius * np.array([np.sin(phi) * np.cos(math.pi - theta), np.cos(phi),
-                                np.sin(phi) * np.sin(math.pi - theta)])
-    forward = np.asarray(lookat) - origin
-    forward /= np.linalg.norm(forward)
-    right = -np.cross([0.0, 1.0, 0.0], forward)
-    right /= np.linalg.norm(right)
-    up = np.cross(forward, right)
-    cam2world = np.eye(4)
-    cam2world[:3, :3] = np.stack([right, up / np.linalg.norm(up), forward], axis=-1)
-    cam2world[:3, 3] = origin
-    return cam2world
-
-
 def test_prepared_frontal_camera_is_eg3ds_sampler_at_yaw_pitch_zero():
-    expected = _eg3d_look_at(math.pi / 2, math.pi / 2, (0.0, 0.0, 0.2), 2.7)
+    expected = eg3d_look_at(math.pi / 2, math.pi / 2, (0.0, 0.0, 0.2), 2.7)
     np.testing.assert_allclose(FRONTAL_CAMERA[:16].reshape(4, 4), expected, atol=1e-12)
     np.testing.assert_allclose(FRONTAL_CAMERA[16:], [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1])
 
