@@ -59,9 +59,9 @@ VARIANTS = {
     "xattn": Variant("Full, cross-attention", "clebs", conditioning="cross_attention"),
 }
 TINY = TRAIN_PRESETS["tiny"]
-# Budget per run. Reconstruction steps: measured so that 6 variants x 2 seeds finish within an hour on the
-# 2-core CPU (see docs/evaluation.md); the other stages are the tiny recipe's.
-DEFAULTS = {"rec_steps": 1000, "adv_steps": TINY.adv_steps, "clebs_steps": TINY.clebs_steps}
+# Budget per run: the tiny recipe's, the same as `make train`. 6 variants x 2 seeds, 2 runs at a time with one
+# thread each, took 45 min (2,702 s) on the idle 2-core CPU (docs/evaluation.md).
+DEFAULTS = {"rec_steps": TINY.rec_steps, "adv_steps": TINY.adv_steps, "clebs_steps": TINY.clebs_steps}
 # --quick: what the test suite runs (seconds per run): a few steps on a small synthetic set
 QUICK = {"rec_steps": 4, "adv_steps": 2, "clebs_steps": 3, "train_identities": 4, "test_identities": 3,
          "clips_per_identity": 2, "frames_per_clip": 6, "clebs_negatives": 4, "eval_pairs": 4}  # fmt: skip
