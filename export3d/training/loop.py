@@ -275,7 +275,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     saved_modules = {**modules, "model_ema": averaged} if averaged is not None else modules
     shown = averaged if averaged is not None else model  # what samples and metrics.json use
 
-    logger = RunLogger(out, enabled=dist.is_main)
+    # TensorBoard drops the events at and after the resumed step, as log.jsonl is cut back to it
+    logger = RunLogger(out, enabled=dist.is_main, purge_step=state["step"] if resume_from is not None else None)
     samples = same_identity_batches(test_src, 4, 4, seed=cfg.seed) + cross_identity_batches(test_src, 4, 4, cfg.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
 
@@ -355,9 +356,10 @@ def main(cfg: TrainConfig) -> TrainResult:
                     save_png(grid, out / "samples" / f"{stage}_{state['stage_step']:06d}.png")
                     save_png(grid, out / "samples" / "latest.png")
                     logger.image(state["step"], f"{stage}/samples", grid)
-                if state["stage_step"] % cfg.ckpt_every == 0:
-                    checkpoint()
-                if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
+                stop = cfg.stop_after is not None and state["step"] >= cfg.stop_after
+                if state["stage_step"] % cfg.ckpt_every == 0 and state["stage_step"] < total and not stop:
+                    checkpoint()  # a stage's last step and a --stop-after step are saved once, after the loop
+                if stop:
                     break
             progress.close()
             if cfg.stop_after is not None and state["step"] >= cfg.stop_after:

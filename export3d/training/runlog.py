@@ -14,7 +14,9 @@ from typing import Any
 
 
 class RunLogger:
-    def __init__(self, out_dir: Path | None, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, out_dir: Path | None, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None):  # fmt: skip
+        """``purge_step``: on resume, the step to continue from; readers discard older events at or after it."""
         self.enabled = enabled and out_dir is not None
         self._jsonl = None
         self._tb = None
@@ -24,7 +26,7 @@ class RunLogger:
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+                self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=purge_step)
 
     def scalars(self, step: int, stage: str, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -74,6 +74,22 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_and_logs_are_cut_to_t
     assert _steps(run) == [1, 2, 3, 4], "each step logged once"
 
 
+def test_stage_ends_are_saved_once_and_tensorboard_forgets_the_steps_after_a_resumed_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    # steps: 1 = the CLeBS stage's end, 2-3 = reconstruction (3 is its end and --stop-after), 4 = adversarial
+    assert cli(["--out", str(run), "--stop-after", "3", "--log-every", "1", *SMALL]) == 0
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert saved == ["step_00000001", "step_00000002", "step_00000003"], "a stage end saved twice leaves step_X.r1"
+    assert cli(["--resume", str(run / "checkpoints" / "step_00000001")]) == 0  # steps 2 and 3 again, then 4
+    assert _steps(run) == [1, 2, 3, 4]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert steps["reconstruction/loss"] == [2, 3] and steps["adversarial/loss"] == [4], steps
+    assert all(len(s) == len(set(s)) for s in steps.values()), f"a step logged twice in TensorBoard: {steps}"
+
 def _finite(run):
     weights, _, folder = load_checkpoint(run)
     return folder, all(v.isfinite().all() for module in weights.values() for v in module.values()
