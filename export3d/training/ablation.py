@@ -169,9 +169,10 @@ def _log_path(out: str) -> Path:
 
 
 def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, float]:
-    """Train every config not yet finished, ``jobs`` at a time; returns the training seconds of each run."""
+    """Train every config not yet finished, ``jobs`` at a time; returns the training seconds of each run trained
+    now (None for a finished run reused)."""
     todo = [c for c in configs if run_state(c) != "finished"]
-    seconds = {c.out: 0.0 for c in configs}
+    seconds: dict[str, float | None] = {c.out: None for c in configs}
     for c in configs:
         if c not in todo:
             print(f"reusing the finished run {c.out}")
@@ -226,13 +227,27 @@ def spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
+def _cross_psnr(run: dict, method: str = "model") -> float:
+    return run["cross_identity"][method]["psnr"]
+
+
 def summarise(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    """Mean and half-range over seeds of every metric of every variant, and of copy-the-source."""
+    """Mean and half-range over seeds of every metric of every variant, and of copy-the-source.
+
+    A seed fixes the synthetic data and test pairs as well as the initialisation, so the paired differences
+    (cross-identity PSNR minus copy-the-source's, and minus the ``clebs`` run's, seed by seed) are sharper
+    than the spread of the plain values.
+    """
     out = {}
+    full = per_seed.get("clebs", {})
     for variant, seeds in per_seed.items():
         runs = list(seeds.values())
         row = {f"{s}_{m}": spread([r[s]["model"][m] for r in runs]) for s in ("same_identity", "cross_identity")
                for m in METRICS}  # fmt: skip
+        row["cross_identity_psnr_gain"] = spread([_cross_psnr(r) - _cross_psnr(r, "copy_source") for r in runs])
+        paired = [_cross_psnr(r) - _cross_psnr(full[k]) for k, r in seeds.items() if k in full]
+        if variant != "clebs" and paired:
+            row["cross_identity_psnr_vs_full"] = spread(paired)
         row["probe_accuracy"] = spread([r["identity_leak"]["beta_prime"]["accuracy"] for r in runs])
         out[variant] = row
     first = next(iter(per_seed.values()))
@@ -243,7 +258,9 @@ def summarise(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
     return out
 
 
-def _cell(value: tuple[float, float], metric: str) -> str:
+def _cell(value: tuple[float, float] | None, metric: str) -> str:
+    if value is None:
+        return "-"
     mean, half = value
     return f"{mean:.2f}±{half:.2f}" if metric == "psnr" else f"{mean:.3f}±{half:.3f}"
 
@@ -253,17 +270,34 @@ def format_ablation(summary: dict[str, dict], seeds: int, pairs: int, chance: fl
     widths = {"psnr": 12, "ssim": 13, "lpips": 13}
     cols = "".join(f"{m.upper() + arrows[m]:>{widths[m]}}" for m in METRICS)
     head = (f"{'':<22} | {'Same-identity (' + str(pairs) + ' pairs)':<38} | {'Cross-identity':<38} | "
-            f"probe acc↓ (chance {chance:.3f})")  # fmt: skip
-    lines = [head, f"{'Method':<22} | {cols} | {cols} |", "-" * len(head)]
+            f"{'cross PSNR paired':<23} | probe acc↓ (chance {chance:.3f})")  # fmt: skip
+    lines = [head, f"{'Method':<22} | {cols} | {cols} | {'-copy':>11}{'-Full':>12} |", "-" * len(head)]
     for variant, row in summary.items():
         label = "Copy source" if variant == "copy_source" else VARIANTS[variant].label
         cells = [" ".join(f"{_cell(row[f'{s}_{m}'], m):>{widths[m] - 1}}" for m in METRICS)
                  for s in ("same_identity", "cross_identity")]  # fmt: skip
+        paired = " ".join(f"{_cell(row.get(k), 'psnr'):>11}" for k in ("cross_identity_psnr_gain",
+                                                                         "cross_identity_psnr_vs_full"))
         acc = row.get("probe_accuracy") or row["raw_beta_probe_accuracy"]
         code = "raw beta" if variant == "copy_source" else ("beta" if variant == "direct" else "beta'")
-        lines.append(f"{label:<22} |  {cells[0]} |  {cells[1]} | {_cell(acc, 'ssim')} ({code})")
-    lines.append(f"mean ± half the range over {seeds} seed(s); same data, recipe and budget for every variant")
+        lines.append(f"{label:<22} |  {cells[0]} |  {cells[1]} | {paired} | {_cell(acc, 'ssim')} ({code})")
+    lines.append(f"mean ± half the range over {seeds} seed(s); same data, recipe and budget for every variant. "
+                 "Paired: each seed's cross-identity PSNR minus copy-the-source's and minus Full (CLeBS)'s, "
+                 "same seed (the seed also fixes the data)")  # fmt: skip
     return "\n".join(lines)
+
+
+def _earlier_seconds(json_path: Path) -> dict[tuple[str, int], float]:
+    """The training seconds an earlier ``ablation.json`` recorded for each (variant, seed), kept for reused runs."""
+    if not json_path.is_file():
+        return {}
+    try:
+        earlier = json.loads(json_path.read_text())
+    except json.JSONDecodeError:
+        print(f"note: {json_path} is not valid JSON; the training times of reused runs are left empty", file=sys.stderr)
+        return {}
+    return {(v, int(k)): r.get("train_seconds") for v, entry in earlier.get("variants", {}).items()
+            for k, r in entry.get("seeds", {}).items()}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -278,21 +312,26 @@ def run(args: argparse.Namespace) -> dict:
           f"{plan.steps['clebs_steps']} CLeBS (clebs / xattn only) + {plan.steps['rec_steps']} reconstruction + "
           f"{plan.steps['adv_steps']} adversarial steps; {plan.jobs} at a time, {plan.threads} thread(s) each")
     t0 = time.perf_counter()
+    earlier = _earlier_seconds(json_path)
     seconds = train_runs(list(configs.values()), plan.jobs, quiet=getattr(args, "quiet", False))
     torch.set_num_threads(plan.threads * plan.jobs)
     per_seed: dict[str, dict[int, dict]] = {v: {} for v in plan.variants}
     for (variant, seed), cfg in configs.items():
-        per_seed[variant][seed] = collect(cfg, args.probe, device) | {"train_seconds": round(seconds[cfg.out], 1)}
+        took = seconds[cfg.out]
+        took = round(took, 1) if took is not None else earlier.get((variant, seed))  # a reused run: when trained
+        per_seed[variant][seed] = collect(cfg, args.probe, device) | {"train_seconds": took}
     wall = time.perf_counter() - t0
+    reused = sum(t is None for t in seconds.values())
     summary = summarise(per_seed)
     first = per_seed[plan.variants[0]][plan.seeds[0]]
     print(format_ablation(summary, len(plan.seeds), first["same_identity"]["pairs"],
                           first["identity_leak"]["chance"]))  # fmt: skip
-    print(f"wall time {wall:.0f} s; LPIPS network: {first['lpips_network']}")
+    print(f"wall time {wall:.0f} s ({reused} of {len(configs)} runs reused); LPIPS network: {first['lpips_network']}")
     result = {"variants": {v: {**dataclasses.asdict(VARIANTS[v]), "seeds": {str(k): r for k, r in per_seed[v].items()}}
                            for v in plan.variants},
               "summary": summary, "steps": plan.steps, "data_overrides": plan.data, "seeds": plan.seeds,
-              "jobs": plan.jobs, "threads": plan.threads, "wall_seconds": round(wall, 1)}  # fmt: skip
+              "jobs": plan.jobs, "threads": plan.threads, "wall_seconds": round(wall, 1),
+              "reused_runs": reused}  # fmt: skip
     atomic_write_json(json_path, result)
     print(f"wrote {json_path}")
     return result

@@ -115,8 +115,10 @@ def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, ca
 
     again = ablation.run(args)
     out = capsys.readouterr().out
-    assert out.count("reusing the finished run") == 2 and "resumed from" not in out
+    assert out.count("reusing the finished run") == 2 and "resumed from" not in out and "2 of 2 runs reused" in out
     assert json.dumps(again["summary"]) == json.dumps(first["summary"])
+    took = [again["variants"][v]["seeds"]["0"]["train_seconds"] for v in ("direct", "xattn")]
+    assert took == [first["variants"][v]["seeds"]["0"]["train_seconds"] for v in ("direct", "xattn")] and min(took) > 0
 
 
 def test_summary_is_mean_and_half_range_over_seeds():
@@ -126,11 +128,16 @@ def test_summary_is_mean_and_half_range_over_seeds():
         return {"same_identity": block, "cross_identity": block,
                 "identity_leak": {"beta": {"accuracy": 1.0}, "beta_prime": {"accuracy": acc}, "chance": 0.25}}
 
-    summary = ablation.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3)}, "direct": {0: run(20.0, 1.0)}})
+    summary = ablation.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3)},
+                                  "direct": {0: run(20.0, 1.0), 2: run(20.5, 1.0)}})  # fmt: skip
     assert summary["clebs"]["same_identity_psnr"] == (21.5, 0.5)
+    assert summary["clebs"]["cross_identity_psnr_gain"] == (2.5, 0.5)  # paired with copy-the-source, seed by seed
+    assert "cross_identity_psnr_vs_full" not in summary["clebs"]
+    assert summary["direct"]["cross_identity_psnr_vs_full"] == (-1.0, 0.0)  # only seed 0 has both runs
     assert summary["clebs"]["probe_accuracy"] == pytest.approx((0.4, 0.1))
     assert summary["direct"]["cross_identity_ssim"] == (0.5, 0.0)
     assert summary["copy_source"]["cross_identity_psnr"] == (19.0, 0.0)
     table = ablation.format_ablation(summary, 2, 8, 0.25).splitlines()
     assert [line.split("|")[0].strip() for line in table[3:6]] == ["Full (CLeBS)", "Direct 3DMM", "Copy source"]
     assert "21.50±0.50" in table[3] and "0.400±0.100 (beta')" in table[3] and "(beta)" in table[4]
+    assert "2.50±0.50           -" in table[3] and "-1.00±0.00" in table[4]
