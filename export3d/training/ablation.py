@@ -36,10 +36,12 @@ from tqdm import tqdm
 
 from export3d.evaluation.loading import held_out_source, load_model
 from export3d.evaluation.probe import identity_leak
+from export3d.evaluation.scoring import cross_identity_batches
 from export3d.training.config import TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import main as train_main
 from export3d.utils.checkpoint import atomic_write_json
 from export3d.utils.distributed import resolve_device
+from export3d.utils.images import make_grid, save_png
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,21 @@ def collect(cfg: TrainConfig, probe: str, device: torch.device) -> dict:
     return metrics | {"identity_leak": identity_leak(model, source, probe)}
 
 
+@torch.no_grad()
+def comparison_grid(configs: list[TrainConfig], device: torch.device, rows: int = 6) -> torch.Tensor:
+    """The paper's Figs. 6 and 7 in miniature: ``rows`` held-out cross-identity triples of one seed's test data,
+    columns source | driving | target | each config's image (its weight-EMA model). ``[3, H, W]`` in [-1, 1]."""
+    cols, batch = [], None
+    for cfg in configs:
+        model, meta, _ = load_model(cfg.out, device)
+        if batch is None:  # every variant of one seed has the same data
+            source = held_out_source(meta, "synthetic", model.config.image_size)
+            batch = cross_identity_batches(source, rows, rows, seed=cfg.seed)[0]
+            cols += [batch.source, batch.driving, batch.target]
+        cols.append(model(batch.source.to(device), batch.beta.to(device), batch.camera.to(device)).image.float().cpu())
+    return make_grid([c.clamp(-1, 1) for c in cols])
+
+
 def spread(values: list[float]) -> tuple[float, float]:
     """(mean, half the range): ``mean +- half`` covers every value."""
     return sum(values) / len(values), (max(values) - min(values)) / 2
@@ -333,5 +350,8 @@ def run(args: argparse.Namespace) -> dict:
               "jobs": plan.jobs, "threads": plan.threads, "wall_seconds": round(wall, 1),
               "reused_runs": reused}  # fmt: skip
     atomic_write_json(json_path, result)
-    print(f"wrote {json_path}")
+    grid = comparison_grid([configs[v, plan.seeds[0]] for v in plan.variants], device)
+    png = save_png(grid, json_path.with_suffix(".png"))
+    print(f"wrote {json_path} and {png} (seed {plan.seeds[0]}, cross identity; columns: source | driving | "
+          f"target | {' | '.join(plan.variants)})")
     return result

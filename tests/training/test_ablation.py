@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from export3d import Export3D
 from export3d.evaluate import build_parser
@@ -109,6 +110,9 @@ def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, ca
         assert 0 <= run["identity_leak"]["beta_prime"]["accuracy"] <= 1
     assert first["variants"]["xattn"]["conditioning"] == "cross_attention"
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    with Image.open(tmp_path / "abl" / "ablation.png") as grid:  # 6 rows x (source, driving, target, 2 variants)
+        size = grid.size
+    assert size == (5 * 64 + 6 * 2, 6 * 64 + 7 * 2), size
     assert set(saved["summary"]) == {"direct", "xattn", "copy_source"}
     mean, half = saved["summary"]["direct"]["cross_identity_psnr"]
     assert half == 0 and mean == saved["variants"]["direct"]["seeds"]["0"]["cross_identity"]["model"]["psnr"]
