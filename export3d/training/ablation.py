@@ -14,7 +14,8 @@ synthetic heads), for the same budget, with each of ``--seeds``:
 Each run's own end-of-training evaluation (``metrics.json``: held-out same- and cross-identity PSNR /
 SSIM / LPIPS, model and copy-the-source, weight-EMA model) is collected, plus the identity-leak probe of the
 variant's expression code. The table shows mean +- half the range over seeds (the interval spans every
-seed's value); ``ablation.json`` holds every number per seed. Runs live in ``--out/<variant>/seed<k>``: a
+seed's value); ``ablation.json`` holds every number per seed and ``ablation.png`` shows the variants' images of
+the same held-out cross-identity triples. Runs live in ``--out/<variant>/seed<k>``: a
 finished run (``metrics.json`` present) is reused, an interrupted one resumed. On a CPU, ``--jobs`` runs
 train side by side as separate processes, with the cores split between them.
 """
