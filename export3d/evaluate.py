@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, CheckpointError) as exc:
         print(f"export3d.evaluate: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,6 +190,37 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
         bar.close()
         return seconds
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    try:
+        failed = _train_in_processes(todo, jobs, running, seconds, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\nablation: interrupted; stopping {len(running)} run(s), each writes a checkpoint first ...",
+              file=sys.stderr, flush=True)  # fmt: skip
+        _stop(running)
+        print("ablation: stopped. The same command resumes the interrupted runs and reuses the finished ones.",
+              file=sys.stderr)  # fmt: skip
+        raise
+    bar.close()
+    if failed:
+        raise RuntimeError("ablation: training failed for " + ", ".join(failed))
+    return seconds
+
+
+def _stop(running: dict[str, tuple[subprocess.Popen, float, object]]) -> None:
+    """Ctrl-C reaches every process of the terminal's group; a SIGINT sent to the runner alone does not. A second
+    one is harmless (training ignores SIGINT while it writes its interrupt checkpoint), so it is forwarded."""
+    time.sleep(1.0)  # let the runs that got the terminal's Ctrl-C reach their checkpoint first
+    for proc, _, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc, _, log in running.values():
+        proc.wait()
+        log.close()
+
+
+def _train_in_processes(todo: list[TrainConfig], jobs: int, running: dict, seconds: dict, bar) -> list[str]:
+    """Keep ``jobs`` ``export3d.train`` processes busy until ``todo`` is done; ``running`` is kept current so
+    that an interrupt can stop them. Returns the failed runs."""
     queue = list(todo)
     failed = []
     while queue or running:
@@ -210,10 +242,7 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
                 failed.append(f"{out} (exit {proc.returncode}; see {_log_path(out)})")
             bar.update()
             bar.set_postfix_str(Path(out).parent.name + "/" + Path(out).name)
-    bar.close()
-    if failed:
-        raise RuntimeError("ablation: training failed for " + ", ".join(failed))
-    return seconds
+    return failed
 
 
 # ----------------------------------------------------------------------------------------------- results

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,19 @@ from export3d.utils.images import make_grid, save_png
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def sigint_ignored():
+    """Ignore SIGINT (Ctrl-C) inside the block; only the main thread can change signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def gather_rng(dist: DistInfo) -> list[dict]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     state = {"torch": torch.get_rng_state(), "cuda": cuda}
@@ -309,9 +324,10 @@ def main(cfg: TrainConfig) -> TrainResult:
         shutdown(dist)
         raise
     except KeyboardInterrupt:
-        if dist.is_main:
-            print(f"\ninterrupted: writing a checkpoint at step {state['step']} before exiting", file=sys.stderr)
-        checkpoint()
+        with sigint_ignored():  # a second Ctrl-C (or one forwarded by the ablation runner) must not cut the save short
+            if dist.is_main:
+                print(f"\ninterrupted: writing a checkpoint at step {state['step']} before exiting", file=sys.stderr)
+            checkpoint()
         logger.close()
         shutdown(dist)
         raise

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -18,6 +23,7 @@ from export3d.model.export3d import DirectExpression
 from export3d.training import ablation
 from export3d.training.config import TrainConfig, model_overrides
 from export3d.training.loop import main as train_main
+from export3d.utils.checkpoint import load_checkpoint
 from tests.model.helpers import SMALL, inputs, perturb_modulation
 
 
@@ -124,6 +130,33 @@ def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, ca
     took = [again["variants"][v]["seeds"]["0"]["train_seconds"] for v in ("direct", "xattn")]
     assert took == [first["variants"][v]["seeds"]["0"]["train_seconds"] for v in ("direct", "xattn")] and min(took) > 0
 
+
+def test_ctrl_c_stops_every_run_at_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    out = tmp_path / "abl"
+    cmd = [sys.executable, "-m", "export3d.evaluate", "--ablation", "--quick", "--jobs", "2", "--threads", "1",
+           "--device", "cpu", "--variants", "direct,lebs5", "--rec-steps", "40", "--out", str(out)]  # fmt: skip
+    logs = [out / v / "seed0.train.out" for v in ("direct", "lebs5")]
+    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not all(p.is_file() and "[reconstruction] step 10/" in p.read_text() for p in logs):
+        assert runner.poll() is None and time.monotonic() < deadline, "the runs never reached step 10"
+        time.sleep(0.2)
+    os.kill(runner.pid, signal.SIGINT)  # the runner alone (not the process group): it must stop its runs itself
+    _, err = runner.communicate(timeout=300)
+    assert runner.returncode == 130, err
+    assert "The same command resumes" in err
+    for variant, log in zip(("direct", "lebs5"), logs, strict=True):
+        assert "interrupted: writing a checkpoint" in log.read_text()
+        _, state, _ = load_checkpoint(out / variant / "seed0")
+        assert 10 <= state["step"] < 40 and not (out / variant / "seed0" / "metrics.json").exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    saved = json.loads((out / "ablation.json").read_text())
+    for variant, log in zip(("direct", "lebs5"), logs, strict=True):
+        assert "resumed from" in log.read_text()
+        assert saved["variants"][variant]["seeds"]["0"]["step"] == 40 + 2  # reconstruction + adversarial
 
 def test_summary_is_mean_and_half_range_over_seeds():
     def run(psnr, acc):

@@ -2,6 +2,7 @@
 (issue 13 #1, #2, #4)."""
 
 import json
+import time
 
 import pytest
 
@@ -146,3 +147,22 @@ def test_sigkill_during_training_then_resume_finishes_the_run(tmp_path):
     assert (state["step"], state["stage"]) == (4, "adversarial")
     assert _steps(run) == [1, 2, 3, 4]
     assert not list((run / "checkpoints").glob("*.tmp-*"))
+
+
+def test_a_second_ctrl_c_is_ignored_while_the_interrupt_checkpoint_is_written():
+    import os
+    import signal
+
+    from export3d.training.loop import sigint_ignored
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, whatever pytest inherited
+    try:
+        with sigint_ignored():
+            os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt outside the block
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, outer)
