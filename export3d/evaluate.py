@@ -30,6 +30,7 @@ from export3d.evaluation.probe import PROBES, identity_leak
 from export3d.evaluation.scoring import evaluate
 from export3d.model.config import PRESETS
 from export3d.training import ablation
+from export3d.training.loop import Terminated
 from export3d.utils.checkpoint import CheckpointError, atomic_write_json
 from export3d.utils.distributed import resolve_device
 from export3d.utils.outputs import check_output_file
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, CheckpointError) as exc:
         print(f"export3d.evaluate: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143  # 128 + SIGTERM
     except KeyboardInterrupt:
         return 130
     return 0

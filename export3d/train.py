@@ -16,7 +16,7 @@ from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS
 from export3d.training import runs
 from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
-from export3d.training.loop import TrainResult, main, train_generator_step
+from export3d.training.loop import Terminated, TrainResult, main, train_generator_step
 from export3d.utils.checkpoint import CheckpointError
 
 __all__ = ["TrainResult", "build_parser", "cli", "main", "parse_args", "train_generator_step"]
@@ -137,6 +137,8 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         main(cfg)
+    except Terminated:
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:

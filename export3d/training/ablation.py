@@ -40,6 +40,7 @@ from export3d.evaluation.loading import held_out_source, load_model
 from export3d.evaluation.probe import identity_leak
 from export3d.evaluation.scoring import cross_identity_batches
 from export3d.training.config import TRAIN_PRESETS, TrainConfig
+from export3d.training.loop import interrupts_ignored, raise_terminated, set_interrupt_handlers
 from export3d.training.loop import main as train_main
 from export3d.utils.checkpoint import atomic_write_json
 from export3d.utils.distributed import resolve_device
@@ -190,9 +191,10 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
         bar.close()
         return seconds
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    restore_handlers = set_interrupt_handlers(signal.getsignal(signal.SIGINT), raise_terminated)
     try:
         failed = _train_in_processes(todo, jobs, running, seconds, bar)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated)
         bar.close()
         print(f"\nablation: interrupted; stopping {len(running)} run(s), each writes a checkpoint first ...",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -200,6 +202,8 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
         print("ablation: stopped. The same command resumes the interrupted runs and reuses the finished ones.",
               file=sys.stderr)  # fmt: skip
         raise
+    finally:
+        restore_handlers()
     bar.close()
     if failed:
         raise RuntimeError("ablation: training failed for " + ", ".join(failed))
@@ -207,15 +211,17 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
 
 
 def _stop(running: dict[str, tuple[subprocess.Popen, float, object]]) -> None:
-    """Ctrl-C reaches every process of the terminal's group; a SIGINT sent to the runner alone does not. A second
-    one is harmless (training ignores SIGINT while it writes its interrupt checkpoint), so it is forwarded."""
-    time.sleep(1.0)  # let the runs that got the terminal's Ctrl-C reach their checkpoint first
-    for proc, _, _ in running.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc, _, log in running.values():
-        proc.wait()
-        log.close()
+    """Ctrl-C reaches every process of the terminal's group; a signal sent to the runner alone does not. So each
+    run still going gets a SIGTERM: harmless if it already has a Ctrl-C (training ignores both while it writes its
+    interrupt checkpoint), and it stops one that had none."""
+    with interrupts_ignored():  # waiting for the runs' checkpoints, not to be cut short by another Ctrl-C
+        time.sleep(1.0)  # let the runs that got the terminal's Ctrl-C reach their checkpoint first
+        for proc, _, _ in running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _, log in running.values():
+            proc.wait()
+            log.close()
 
 
 def _train_in_processes(todo: list[TrainConfig], jobs: int, running: dict, seconds: dict, bar) -> list[str]:

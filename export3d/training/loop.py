@@ -50,17 +50,37 @@ from export3d.utils.images import make_grid, save_png
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def sigint_ignored():
-    """Ignore SIGINT (Ctrl-C) inside the block; only the main thread can change signal handlers."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a cluster scheduler's pre-emption notice, torchrun passing one on): handled like Ctrl-C."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: raise :class:`Terminated`."""
+    raise Terminated(f"signal {signum}")
+
+
+def set_interrupt_handlers(sigint, sigterm):
+    """Set the SIGINT and SIGTERM handlers; returns a function that puts the previous ones back. Only the main
+    thread can change handlers: elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, sigint), signal.signal(signal.SIGTERM, sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+    return restore
+
+
+@contextlib.contextmanager
+def interrupts_ignored():
+    """A second Ctrl-C or SIGTERM (or one forwarded by the ablation runner) must not cut the last save short."""
+    restore = set_interrupt_handlers(signal.SIG_IGN, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
 
 
 def gather_rng(dist: DistInfo) -> list[dict]:
@@ -250,7 +270,8 @@ def main(cfg: TrainConfig) -> TrainResult:
         print(f"export3d.train: preset {cfg.preset}, {cfg.data} data, device {device}, {dist.world_size} process(es); "
               f"{lpips_info.describe()}", flush=True)  # fmt: skip
 
-    # the three stages
+    # the three stages; Ctrl-C and SIGTERM both write a checkpoint before exiting
+    restore_handlers = set_interrupt_handlers(signal.getsignal(signal.SIGINT), raise_terminated)
     try:
         for stage in STAGES[STAGES.index(state["stage"]) :]:
             if state["stage"] != stage:
@@ -323,14 +344,17 @@ def main(cfg: TrainConfig) -> TrainResult:
         logger.close()
         shutdown(dist)
         raise
-    except KeyboardInterrupt:
-        with sigint_ignored():  # a second Ctrl-C (or one forwarded by the ablation runner) must not cut the save short
+    except KeyboardInterrupt as exc:
+        with interrupts_ignored():
             if dist.is_main:
-                print(f"\ninterrupted: writing a checkpoint at step {state['step']} before exiting", file=sys.stderr)
+                what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+                print(f"\n{what}: writing a checkpoint at step {state['step']} before exiting", file=sys.stderr)
             checkpoint()
         logger.close()
         shutdown(dist)
         raise
+    finally:
+        restore_handlers()
 
     # held-out evaluation
     metrics = None

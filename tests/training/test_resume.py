@@ -149,20 +149,39 @@ def test_sigkill_during_training_then_resume_finishes_the_run(tmp_path):
     assert not list((run / "checkpoints").glob("*.tmp-*"))
 
 
-def test_a_second_ctrl_c_is_ignored_while_the_interrupt_checkpoint_is_written():
+def test_sigterm_writes_a_checkpoint_and_exits_143_and_a_second_signal_cannot_cut_the_save_short(tmp_path):
+    """SIGTERM (a scheduler's pre-emption) is handled like Ctrl-C: a checkpoint of the current step, then exit."""
     import os
     import signal
+    import subprocess
+    import sys
 
-    from export3d.training.loop import sigint_ignored
+    from export3d.training.loop import interrupts_ignored
+
+    run = tmp_path / "run"
+    flags = [*SMALL, "--rec-steps", "400"]  # the last --rec-steps wins: long enough to be running when signalled
+    proc = subprocess.Popen([sys.executable, "-m", "export3d.train", "--out", str(run), "--threads", "1",
+                             "--log-every", "1", *flags], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ((run / "log.jsonl").is_file() and len(_steps(run)) >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 5"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM): writing a checkpoint" in err
+    _, state, _ = load_checkpoint(run)
+    assert 5 <= state["step"] < 404 and state["stage"] == "reconstruction"
 
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, whatever pytest inherited
+    term = signal.getsignal(signal.SIGTERM)
     try:
-        with sigint_ignored():
-            os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt outside the block
+        with interrupts_ignored():
+            os.kill(os.getpid(), signal.SIGINT)  # outside the block: KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # outside the block (the default handler): the process would end
             time.sleep(0.05)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) == term
     finally:
         signal.signal(signal.SIGINT, outer)
