@@ -16,8 +16,9 @@ from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS
 from export3d.training import runs
 from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
-from export3d.training.loop import Terminated, TrainResult, main, train_generator_step
+from export3d.training.loop import TrainResult, main, train_generator_step
 from export3d.utils.checkpoint import CheckpointError
+from export3d.utils.signals import Terminated
 
 __all__ = ["TrainResult", "build_parser", "cli", "main", "parse_args", "train_generator_step"]
 

@@ -40,11 +40,11 @@ from export3d.evaluation.loading import held_out_source, load_model
 from export3d.evaluation.probe import identity_leak
 from export3d.evaluation.scoring import cross_identity_batches
 from export3d.training.config import TRAIN_PRESETS, TrainConfig
-from export3d.training.loop import interrupts_ignored, raise_terminated, set_interrupt_handlers
 from export3d.training.loop import main as train_main
 from export3d.utils.checkpoint import atomic_write_json
 from export3d.utils.distributed import resolve_device
 from export3d.utils.images import make_grid, save_png
+from export3d.utils.signals import catch_sigterm, interrupts_ignored
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def train_runs(configs: list[TrainConfig], jobs: int, quiet: bool) -> dict[str, 
         bar.close()
         return seconds
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
-    restore_handlers = set_interrupt_handlers(signal.getsignal(signal.SIGINT), raise_terminated)
+    restore_handlers = catch_sigterm()
     try:
         failed = _train_in_processes(todo, jobs, running, seconds, bar)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,42 +45,10 @@ from export3d.training.weight_ema import WeightEMA
 from export3d.utils.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
 from export3d.utils.distributed import DistInfo, init_distributed, shutdown
 from export3d.utils.images import make_grid, save_png
+from export3d.utils.signals import Terminated, catch_sigterm, interrupts_ignored
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a cluster scheduler's pre-emption notice, torchrun passing one on): handled like Ctrl-C."""
-
-
-def raise_terminated(signum, frame) -> None:
-    """A SIGTERM handler: raise :class:`Terminated`."""
-    raise Terminated(f"signal {signum}")
-
-
-def set_interrupt_handlers(sigint, sigterm):
-    """Set the SIGINT and SIGTERM handlers; returns a function that puts the previous ones back. Only the main
-    thread can change handlers: elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGINT, sigint), signal.signal(signal.SIGTERM, sigterm)
-
-    def restore() -> None:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
-
-    return restore
-
-
-@contextlib.contextmanager
-def interrupts_ignored():
-    """A second Ctrl-C or SIGTERM (or one forwarded by the ablation runner) must not cut the last save short."""
-    restore = set_interrupt_handlers(signal.SIG_IGN, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        restore()
-
-
 def gather_rng(dist: DistInfo) -> list[dict]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     state = {"torch": torch.get_rng_state(), "cuda": cuda}
@@ -271,7 +237,7 @@ def main(cfg: TrainConfig) -> TrainResult:
               f"{lpips_info.describe()}", flush=True)  # fmt: skip
 
     # the three stages; Ctrl-C and SIGTERM both write a checkpoint before exiting
-    restore_handlers = set_interrupt_handlers(signal.getsignal(signal.SIGINT), raise_terminated)
+    restore_handlers = catch_sigterm()
     try:
         for stage in STAGES[STAGES.index(state["stage"]) :]:
             if state["stage"] != stage:

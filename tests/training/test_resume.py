@@ -149,14 +149,12 @@ def test_sigkill_during_training_then_resume_finishes_the_run(tmp_path):
     assert not list((run / "checkpoints").glob("*.tmp-*"))
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_143_and_a_second_signal_cannot_cut_the_save_short(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     """SIGTERM (a scheduler's pre-emption) is handled like Ctrl-C: a checkpoint of the current step, then exit."""
     import os
     import signal
     import subprocess
     import sys
-
-    from export3d.training.loop import interrupts_ignored
 
     run = tmp_path / "run"
     flags = [*SMALL, "--rec-steps", "400"]  # the last --rec-steps wins: long enough to be running when signalled
@@ -173,15 +171,3 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_and_a_second_signal_cannot_cu
     assert "terminated (SIGTERM): writing a checkpoint" in err
     _, state, _ = load_checkpoint(run)
     assert 5 <= state["step"] < 404 and state["stage"] == "reconstruction"
-
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, whatever pytest inherited
-    term = signal.getsignal(signal.SIGTERM)
-    try:
-        with interrupts_ignored():
-            os.kill(os.getpid(), signal.SIGINT)  # outside the block: KeyboardInterrupt
-            os.kill(os.getpid(), signal.SIGTERM)  # outside the block (the default handler): the process would end
-            time.sleep(0.05)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        assert signal.getsignal(signal.SIGTERM) == term
-    finally:
-        signal.signal(signal.SIGINT, outer)
