@@ -33,7 +33,7 @@ from export3d.training import ablation
 from export3d.utils.checkpoint import CheckpointError, atomic_write_json
 from export3d.utils.distributed import resolve_device
 from export3d.utils.outputs import check_output_file
-from export3d.utils.signals import Terminated
+from export3d.utils.signals import exit_status
 
 __all__ = ["format_paper_table", "held_out_source", "identity_leak", "load_model", "main", "model_config_from_meta"]
 
@@ -164,10 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, CheckpointError) as exc:
         print(f"export3d.evaluate: error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        return 143  # 128 + SIGTERM
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        return exit_status(exc)
     return 0
 
 

@@ -18,7 +18,7 @@ from export3d.training import runs
 from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import TrainResult, main, train_generator_step
 from export3d.utils.checkpoint import CheckpointError
-from export3d.utils.signals import Terminated
+from export3d.utils.signals import exit_status
 
 __all__ = ["TrainResult", "build_parser", "cli", "main", "parse_args", "train_generator_step"]
 
@@ -138,10 +138,8 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         main(cfg)
-    except Terminated:
-        return 143  # 128 + SIGTERM, as if the signal had ended the process
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, after the checkpoint
+        return exit_status(exc)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
         print(f"export3d.train: error: {exc}", file=sys.stderr)
         return 2

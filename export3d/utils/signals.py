@@ -15,6 +15,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a cluster scheduler's pre-emption notice, torchrun passing one on): handled like Ctrl-C."""
 
 
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """The shell's status for a process ended by the signal: 143 (128 + SIGTERM) or 130 (128 + SIGINT)."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
 def raise_terminated(signum, frame) -> None:
     """A SIGTERM handler: raise :class:`Terminated`."""
     raise Terminated(f"signal {signum}")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from export3d.utils.signals import Terminated, catch_sigterm, interrupts_ignored
+from export3d.utils.signals import Terminated, catch_sigterm, exit_status, interrupts_ignored
 
 
 def test_inside_interrupts_ignored_neither_ctrl_c_nor_sigterm_does_anything_and_handlers_come_back():
@@ -31,6 +31,7 @@ def test_catch_sigterm_raises_terminated_a_keyboard_interrupt_until_restored():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
         assert isinstance(caught.value, KeyboardInterrupt)
+        assert exit_status(caught.value) == 143 and exit_status(KeyboardInterrupt()) == 130
     finally:
         restore()
     assert signal.getsignal(signal.SIGTERM) == term
