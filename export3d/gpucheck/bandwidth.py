@@ -67,9 +67,12 @@ def peak_bandwidth(dev: str | torch.device | None = None) -> tuple[float | None,
 def op_bytes(op: str, mode: str, inputs: Sequence[torch.Tensor]) -> int:
     """Compulsory bytes ``op`` moves in ``mode`` ("forward" | "backward" | "full") for ``inputs``.
 
-    Forward reads the inputs and writes the outputs (plus the fp32 statistics the kernel keeps);
-    backward reads the output gradients and whatever the analytic backward needs and writes the input
-    gradients, exactly the tensors the Triton backward of each op touches.
+    Forward reads the inputs and writes the outputs (plus the fp32 per-row or per-ray state the kernel keeps for
+    the backward); backward reads the output gradients and whatever the analytic backward needs (inputs, saved
+    state) and writes the input gradients, exactly the tensors the Triton backward of each op touches, each in
+    its own dtype. Gradients are those a training step asks for (planes and decoder of ``render_rays``, not the
+    rays; not the coords of ``triplane_sample``). A kernel's transient buffers (fp32 atomic accumulators,
+    per-program partial sums) are not counted: an ideal kernel writes each gradient once, in its dtype.
     """
     if mode == "full":
         return op_bytes(op, "forward", inputs) + op_bytes(op, "backward", inputs)
@@ -91,27 +94,38 @@ def op_bytes(op: str, mode: str, inputs: Sequence[torch.Tensor]) -> int:
         # coords, write dplanes (coords need no gradient in the model)
     if op == "composite_rays":  # colors [B, R, S, C], densities / depths [B, R, S, 1]
         B, R, S, C = inputs[0].shape
-        samples_in, per_ray_out = B * R * S * (C + 2), B * R * (C + 1)
-        if fwd:  # read colors, densities, depths; write rgb, depth, weights, per-ray totals (C + 2 floats)
-            return e * (samples_in + per_ray_out + B * R * (S - 1) + B * R * (C + 2))
-        # read drgb, ddepth, the three inputs and the per-ray totals; write dcolors, ddensities
-        return e * (per_ray_out + samples_in + B * R * (C + 2) + B * R * S * (C + 1))
+        samples = e * B * R * S * (C + 2)  # colors, densities, depths: read by both passes
+        per_ray = e * B * R * (C + 1)  # rgb and depth: written by the forward, their gradients read by the backward
+        intervals = e * B * R * (S - 1)  # weights: written by the forward, their gradient read by the backward (zeros
+        # when the loss does not use them, as in training: autograd hands the kernel a zero tensor)
+        state = 4 * B * R * (C + 3)  # fp32 rgb_acc [B, R, C] and stats [B, R, 3]: written by fwd, read by bwd
+        if fwd:
+            return samples + per_ray + intervals + state
+        return samples + per_ray + intervals + state + e * B * R * S * (C + 1)  # + write dcolors, ddensities
     if op == "render_rays":  # planes [B, 3, C, H, W], rays [B, R, 3] x 2, depths [B, R, S, 1], decoder w1 b1 w2 b2
-        planes, _, _, depths, *decoder = inputs
+        planes, origins, _, depths, *decoder = inputs
         B, _, C, H, W = planes.shape
         R, S = depths.shape[1], depths.shape[2]
         cf = decoder[2].shape[1] - 1
-        params = sum(t.numel() for t in decoder)
-        rays_in, per_ray = B * R * (6 + S), B * R * (cf + 1)  # rays and depths in; rgb and depth out (or their grads)
-        state = 4 * B * R * (cf + 3)  # fp32 rgb_acc and stats: written by the forward, read by the backward
-        # fwd: read planes (each texel once), rays, depths, decoder; write rgb, depth and the per-ray state.
-        # bwd: read the same plus the output gradients and the state; write dplanes and the decoder gradients.
-        return e * (3 * B * C * H * W + rays_in + params + per_ray) + state
-    if op == "render_rays_weights":  # the density-only coarse pass: read what render_rays reads, write the weights
-        planes, _, _, depths, *decoder = inputs
+        plane_bytes = e * 3 * B * C * H * W  # the planes (each texel once), or dplanes: same shape and dtype
+        param_bytes = e * sum(t.numel() for t in decoder)  # w1, b1, w2, b2, or dw1, db1, dw2, db2
+        ray_bytes = origins.element_size() * B * R * (6 + S)  # origins, directions, depths (fp32 in the renderer)
+        per_ray = e * B * R * (cf + 1)  # rgb and depth: written by the forward, their gradients read by the backward
+        state = 4 * B * R * (cf + 3)  # fp32 rgb_acc [B, R, Cf] and stats [B, R, 3]: written by fwd, read by bwd
+        if fwd:  # read planes, rays, depths, decoder; write rgb, depth and the state
+            return plane_bytes + ray_bytes + param_bytes + per_ray + state
+        # read planes, rays, depths, decoder, drgb, ddepth and the state; write dplanes and the decoder gradients
+        return 2 * plane_bytes + ray_bytes + 2 * param_bytes + per_ray + state
+    if op == "render_rays_weights":  # the density-only coarse pass: render_rays' inputs -> weights [B, R, S-1, 1]
+        if not fwd:
+            raise ValueError("render_rays_weights has no backward (it runs without autograd)")
+        planes, origins, _, depths, w1, *_ = inputs
         B, _, C, H, W = planes.shape
         R, S = depths.shape[1], depths.shape[2]
-        return e * (3 * B * C * H * W + B * R * (6 + S) + sum(t.numel() for t in decoder) + B * R * (S - 1))
+        hidden = w1.shape[1]
+        density_head = C * hidden + hidden + hidden + 1  # w1, b1, column 0 of w2, b2[0]: the colour head is not read
+        # read planes, rays, depths and the density head; write the weights
+        return e * (3 * B * C * H * W + density_head + B * R * (S - 1)) + origins.element_size() * B * R * (6 + S)
     if op == "pixel_shuffle_lowpass":  # x [B, C*f*f, H, W] -> [B, C, fH, fW]: same element count
-        return e * 2 * inputs[0].numel()
+        return e * 2 * inputs[0].numel()  # read x (dy), write y (dx); the K filter taps (a few bytes) left out
     raise ValueError(f"unknown op {op!r}")
