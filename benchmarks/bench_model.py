@@ -63,7 +63,7 @@ _KEPT: dict[tuple[str, str], Workload] = {}  # tiny training workloads shared wi
 def make_workload(preset: str, variant: str, dev: str, seed: int = 0, keep: bool = False) -> Workload:
     """A fresh model, optimiser and random batch; ``keep`` returns (and stores) a cached one instead."""
     from export3d import Export3D
-    from export3d.data import orbit_camera_deg
+    from export3d.cameras import orbit_camera_deg
 
     if keep and (preset, variant) in _KEPT:
         return _KEPT[(preset, variant)]

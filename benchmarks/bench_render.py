@@ -54,8 +54,9 @@ def test_volume_renderer_forward_backward(benchmark, provider, size):
     """The whole ``VolumeRenderer`` in training mode, forward + backward to the planes and the decoder:
     ``reference`` is the split path of plain PyTorch, ``triton`` the fused path (render_rays_weights for the
     coarse pass, render_rays for the final one; CUDA only)."""
+    from export3d.cameras import orbit_camera
     from export3d.model.config import preset
-    from export3d.model.render import VolumeRenderer, look_at_camera
+    from export3d.model.render import VolumeRenderer
 
     dev = device()
     if provider == "triton" and dev != "cuda":
@@ -66,7 +67,7 @@ def test_volume_renderer_forward_backward(benchmark, provider, size):
         renderer = VolumeRenderer(cfg, kernel_impl=provider).to(dev).train()
         P = cfg.plane_resolution
         planes = torch.randn(batch, 3, cfg.generator.plane_channels, P, P, device=dev, requires_grad=True)
-        camera = look_at_camera(torch.linspace(-0.3, 0.3, batch), torch.zeros(batch)).to(dev)
+        camera = orbit_camera(torch.linspace(-0.3, 0.3, batch), torch.zeros(batch)).to(dev)
 
         def forward():
             return renderer(planes, camera)

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from export3d.data import orbit_camera_deg
+from export3d.cameras import orbit_camera_deg
 from export3d.evaluation.animation import (
     Driving,
     is_driving_video,

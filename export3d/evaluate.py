@@ -30,9 +30,9 @@ from export3d.evaluation.probe import PROBES, identity_leak
 from export3d.evaluation.scoring import evaluate
 from export3d.model.config import PRESETS
 from export3d.training import ablation
-from export3d.utils.checkpoint import CheckpointError, atomic_write_json
+from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.distributed import resolve_device
-from export3d.utils.outputs import check_output_file
+from export3d.utils.outputs import atomic_write_json, check_output_file
 from export3d.utils.signals import exit_status
 
 __all__ = ["format_paper_table", "held_out_source", "identity_leak", "load_model", "main", "model_config_from_meta"]

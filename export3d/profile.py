@@ -53,9 +53,8 @@ from pathlib import Path
 from export3d.profiling.nvml import NVML_NO_GPU
 from export3d.profiling.stages import INFERENCE_STAGES, TRAIN_STAGES, StageTimer
 from export3d.profiling.workload import ProfileOptions, run
-from export3d.utils.checkpoint import atomic_write_bytes
 from export3d.utils.distributed import resolve_device
-from export3d.utils.outputs import check_output_file
+from export3d.utils.outputs import atomic_write_bytes, check_output_file
 
 __all__ = ["INFERENCE_STAGES", "NVML_NO_GPU", "TRAIN_STAGES", "ProfileOptions", "StageTimer", "build_parser", "main",
            "parse_args", "run"]

@@ -1,8 +1,7 @@
 """Training: ``python -m export3d.train`` (the ``tiny`` preset on built-in synthetic data by default).
 
 The command line only: flags -> :class:`~export3d.training.config.TrainConfig` -> :func:`export3d.training.loop.main`,
-which holds the loop (stages, outputs, resume; see its docstring). ``main``, ``TrainResult`` and
-``train_generator_step`` are importable from here as before.
+which holds the loop (stages, outputs, resume; see its docstring).
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS
 from export3d.training import runs
 from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
-from export3d.training.loop import TrainResult, main, train_generator_step
+from export3d.training.loop import main
 from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.signals import exit_status
 
-__all__ = ["TrainResult", "build_parser", "cli", "main", "parse_args", "train_generator_step"]
+__all__ = ["build_parser", "cli", "parse_args"]
 
 
 # ----------------------------------------------------------------------------------------------- CLI

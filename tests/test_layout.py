@@ -1,4 +1,4 @@
-"""The package's shape: imports flow one way between layers, no module imports itself back, old paths still import.
+"""The package's shape: imports flow one way between layers, no module imports itself back, one name per module.
 
 Imports are read from the source (``ast``), including those inside functions, so a lazy import that
 closes a cycle is caught too.
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import export3d
-from export3d import _moved
 
 PACKAGE = Path(export3d.__file__).parent
 KERNELS = PACKAGE.parent / "kernels"  # installed as export3d.kernels (pyproject package-dir)
@@ -24,6 +23,7 @@ KERNELS = PACKAGE.parent / "kernels"  # installed as export3d.kernels (pyproject
 LAYERS = {
     "kernels": 0,
     "utils": 0,
+    "cameras": 0,
     "model": 1,
     "data": 1,
     "evaluation": 2,
@@ -32,6 +32,7 @@ LAYERS = {
     "train": 5,
     "evaluate": 5,
     "animate": 5,
+    "ablation": 5,
     "profile": 5,
     "gpucheck": 5,
 }
@@ -66,7 +67,6 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            target = _moved.new_name(target) or target
             while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != name:
@@ -108,7 +108,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_graph_sees_the_imports():
     graph = import_graph()
-    assert "export3d.model.export3d" in graph["export3d.model"]
+    assert "export3d.model.network" in graph["export3d.model"]
     assert "export3d.kernels.eadaln" in graph["export3d.model.layers"]
     assert "export3d.training.loop" in graph["export3d.train"]
     assert {"export3d.training.loop", "export3d.evaluation.loading"} <= graph["export3d.training.ablation"]
@@ -145,23 +145,12 @@ def test_imports_flow_down_the_layers():
     assert not wrong, "\n".join(sorted(wrong))
 
 
-@pytest.mark.parametrize("old", sorted(_moved.MOVED))
-def test_old_module_paths_are_the_new_modules(old):
-    assert importlib.import_module(old) is importlib.import_module(_moved.MOVED[old])
-
-
-def test_public_names_from_their_old_places():
-    from export3d.config import preset
-    from export3d.layers import EAdaLN
-    from export3d.model.layers import EAdaLN as NewEAdaLN
-    from export3d.render import VolumeRenderer, camera_rays
-    from export3d.render.cameras import camera_rays as rays_from_submodule
-
-    assert EAdaLN is NewEAdaLN and rays_from_submodule is camera_rays
-    assert VolumeRenderer.__module__ == "export3d.model.render.renderer"
-    assert preset("tiny").name == "tiny"
-    new = importlib.import_module("export3d.model.render.cameras")
-    assert importlib.import_module("export3d.render.cameras") is new
+def test_pre_layout_module_paths_are_gone():
+    # 0.1.0 was never released: modules live in one place only, with no aliases for where they used to be
+    for old in ("export3d._moved", "export3d.config", "export3d.render", "export3d.layers", "export3d.checkpoint",
+                "export3d.model.export3d", "export3d.data.cameras", "export3d.model.render.cameras"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
 
 
 def test_package_import_stays_light():
@@ -181,10 +170,12 @@ def test_pyproject_lists_every_package():
                               f"extra {sorted(listed - on_disk)}"
 
 
-def test_names_of_the_old_model_module():
-    from export3d.model import DirectExpression, resolve_impl
-    from export3d.model.export3d import DirectExpression as new
-
-    assert DirectExpression is new and callable(resolve_impl)
-    with pytest.raises(ImportError):
-        from export3d.model import NoSuchName  # noqa: F401
+def test_one_module_per_stem():
+    # a newcomer should not meet two modules of one name (three cameras.py once held one convention); the model's
+    # and the training's config.py are each the config of their own package
+    stems = {}
+    for name, path in module_files().items():
+        if path.name != "__init__.py":
+            stems.setdefault(path.stem, []).append(name)
+    repeated = {stem: names for stem, names in stems.items() if len(names) > 1 and stem not in ("__main__", "config")}
+    assert not repeated, repeated

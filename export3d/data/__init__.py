@@ -7,11 +7,10 @@ its own module twice and ``import export3d.data`` stays cheap.
 from importlib import import_module
 
 _EXPORTS = {
-    "export3d.data.cameras": ("INTRINSICS", "PIVOT", "RADIUS", "camera_rays", "orbit_camera", "orbit_camera_deg"),
     "export3d.data.clips": ("ClipFolder", "ClipFormatError", "export_synthetic", "write_clip"),
     "export3d.data.datasets": ("ContrastiveGroups", "CrossIdentityTriples", "ReconstructionPairs"),
     "export3d.data.heads": ("APPEARANCE_NAMES", "EXPRESSION_NAMES", "N_APPEARANCE", "N_EXPRESSION"),
-    "export3d.data.source": ("ClipInfo", "ClipSource", "from_uint8", "quantize", "to_uint8"),
+    "export3d.data.source": ("ClipInfo", "ClipSource"),
     "export3d.data.synthetic": ("TEST_IDENTITY_OFFSET", "FrameKey", "SyntheticClips", "SyntheticConfig",
                                 "SyntheticHeads"),
 }

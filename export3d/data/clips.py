@@ -28,9 +28,6 @@ cross-identity triples need ground truth that real folders do not have (use ``Sy
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -40,13 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export3d.data.frames import frame_files
 from export3d.data.heads import N_EXPRESSION
-from export3d.data.source import BETA_DIM, CAMERA_DIM, ClipInfo, from_uint8, to_uint8
+from export3d.data.source import BETA_DIM, CAMERA_DIM, ClipInfo
 from export3d.data.synthetic import SyntheticClips, SyntheticConfig
+from export3d.utils.images import from_uint8, to_uint8
+from export3d.utils.outputs import atomic_write_json, replacing_folder
 
 FORMAT = "export3d-clips"
 VERSION = 1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ClipFormatError(ValueError):
@@ -55,12 +54,6 @@ class ClipFormatError(ValueError):
     def __init__(self, path: Path | str, problem: str):
         super().__init__(f"{path}: {problem}")
         self.path = Path(path)
-
-
-def frame_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    numeric = all(re.fullmatch(r"\d+", p.stem) for p in files)
-    return sorted(files, key=(lambda p: (int(p.stem), p.name)) if numeric else (lambda p: p.name))
 
 
 class NpzArrays(dict):
@@ -261,7 +254,7 @@ class ClipFolder:
             if px.shape[:2] != (self.resolution, self.resolution):
                 where = media if isinstance(media, Path) else media[f]
                 raise ClipFormatError(where, f"wrong image size at frame {f}: {px.shape[1]}x{px.shape[0]}")
-        return from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))  # [n, 3, R, R]
+        return from_uint8(np.stack(pixels))  # [n, 3, R, R]
 
     def load(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[dict[str, torch.Tensor]]:
         """Per (clip index, frames): "image" # [n, 3, R, R], "beta" # [n, E], "camera" # [n, 25] (+ extras)."""
@@ -281,13 +274,8 @@ def write_clip(folder: Path, images: torch.Tensor, beta: torch.Tensor, camera: t
     The clip is written into a temporary sibling folder and renamed into place (replacing an earlier copy
     only then), so a crash or Ctrl-C never leaves a half-written clip under ``folder``.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()  # [T, R, R, 3]
+    with replacing_folder(folder) as tmp:
+        pixels = to_uint8(images)  # [T, R, R, 3]
         if video:
             import imageio.v2 as iio
 
@@ -300,16 +288,6 @@ def write_clip(folder: Path, images: torch.Tensor, beta: torch.Tensor, camera: t
         arrays = {"expression": beta.numpy().astype(np.float32), "camera": camera.numpy().astype(np.float32)}
         arrays.update({k: v.numpy().astype(np.float32) for k, v in (extras or {}).items()})
         np.savez(tmp / "params.npz", **arrays)
-    except BaseException:  # the half-written temporary folder goes; the error (or Ctrl-C) goes on
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        old_copy = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-        folder.rename(old_copy)
-        tmp.rename(folder)
-        shutil.rmtree(old_copy)
-    else:
-        tmp.rename(folder)
 
 
 def export_synthetic(config: SyntheticConfig, root: str | Path, splits: Sequence[str] = ("train", "test"),
@@ -332,8 +310,5 @@ def export_synthetic(config: SyntheticConfig, root: str | Path, splits: Sequence
     meta = {"format": FORMAT, "version": VERSION, "resolution": config.resolution, "clips": entries,
             "expression_dim": SyntheticClips(config, splits[0]).expression_dim if splits else BETA_DIM,
             "generator": {"name": "export3d.data.synthetic", "config": asdict(config)}}
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(manifest)
+    atomic_write_json(manifest, meta)
     return manifest

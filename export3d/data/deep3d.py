@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export3d.data.cameras import INTRINSICS
+from export3d.cameras import INTRINSICS, RADIUS
 
 CAMERA_DISTANCE = 10.0  # Deep3DFaceRecon's camera sits 10 units in front of the face model
 EG3D_SCALE = 0.27  # EG3D: "normalize camera radius"
 EG3D_OFFSET = np.array([0.0, 0.006, 0.161])  # EG3D: "additional offset used in submission"
-EG3D_RADIUS = 2.7  # preprocess_cameras.py, fix_pose_orig
 
 
 class Deep3DFormatError(ValueError):
@@ -53,7 +52,7 @@ def deep3d_camera(angles: np.ndarray, trans: np.ndarray) -> np.ndarray:
     t = np.array(trans, dtype=np.float64)
     t[..., 2] -= CAMERA_DISTANCE
     centre = EG3D_SCALE * -np.einsum("...ij,...j->...i", R, t) + EG3D_OFFSET
-    centre = centre * (EG3D_RADIUS / np.linalg.norm(centre, axis=-1, keepdims=True))
+    centre = centre * (RADIUS / np.linalg.norm(centre, axis=-1, keepdims=True))
     cam2world = np.zeros((*R.shape[:-2], 4, 4))
     cam2world[..., :3, :3] = R @ np.diag([1.0, -1.0, -1.0])
     cam2world[..., :3, 3] = centre

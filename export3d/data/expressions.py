@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from export3d.data.landmarker import N_BLENDSHAPES
+from export3d.utils.outputs import replacing_file
 
 EXPRESSION_SOURCES = ("beta", "landmarker")
 READ_SIZE = 256
@@ -85,7 +86,7 @@ def compute_table(clips, batch_frames: int = 32, progress: bool = True) -> tuple
     from tqdm import tqdm
 
     from export3d.data.landmarker import FaceLandmarker, require
-    from export3d.data.source import to_uint8
+    from export3d.utils.images import to_uint8
 
     cv2 = require("cv2")
     requests = [(c, f) for c, clip in enumerate(clips.clips) for f in range(clip.frames)]
@@ -100,7 +101,7 @@ def compute_table(clips, batch_frames: int = 32, progress: bool = True) -> tuple
             keys = [clips.key(c, f) for c, f in chunk]
             images = clips.heads.render([k.identity for k in keys], clips.heads.expression(keys),
                                         clips.heads.camera(keys))  # fmt: skip
-            for (c, f), px in zip(chunk, to_uint8(images).permute(0, 2, 3, 1).numpy(), strict=True):
+            for (c, f), px in zip(chunk, to_uint8(images), strict=True):
                 big = cv2.resize(px, (READ_SIZE, READ_SIZE), interpolation=cv2.INTER_CUBIC)
                 face = landmarker.detect(big)
                 if face is not None:
@@ -126,9 +127,6 @@ def landmarker_expressions(clips, progress: bool = True) -> np.ndarray:
         print(f"landmarker expressions ({clips.split}): no face found in {missing} of {found.size} frames; they take "
               f"the expression interpolated from their clip's neighbouring frames ({empty} clips without any face "
               f"take the split's mean)", file=sys.stderr)  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, expression=table, raw=raw, found=found, faceless_clips=np.int64(empty))
-    tmp.replace(path)
+    with replacing_file(path) as tmp:
+        np.savez(tmp, expression=table, raw=raw, found=found, faceless_clips=np.int64(empty))
     return table

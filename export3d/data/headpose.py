@@ -1,18 +1,17 @@
 """Head pose from face landmarks -> the EG3D 25-value camera, by PnP against MediaPipe's canonical face mesh.
 
-World frame (the EG3D/FFHQ one, DESIGN.md section 3): the head is fixed, faces +z, +y up, +x = the subject's
+World frame (the EG3D/FFHQ one, docs/design.md "Cameras"): the head is fixed, faces +z, +y up, +x = the subject's
 left. The canonical mesh has the same axes in centimetres, so a mesh point ``m`` sits in the world at
-``WORLD_PER_CM * (m - mesh centroid) + FACE_CENTRE``. Both constants come from EG3D's conversion of
-Deep3DFaceRecon fits (``dataset_preprocessing/ffhq/3dface2idr_mat.py``): Deep3DFaceRecon's BFM unit is 10 cm
-(BFM09 micrometres / 1e5) and EG3D scales it by 0.27 and then shifts the camera by (0, 0.006, 0.161), which
-puts the face model's centroid at ``FACE_CENTRE`` (see :mod:`export3d.data.deep3d`, which applies exactly
-that conversion to Deep3DFaceRecon angles and translations).
+``WORLD_PER_CM * (m - mesh centroid) + FACE_CENTRE``. Both constants are EG3D's conversion of Deep3DFaceRecon fits
+(``dataset_preprocessing/ffhq/3dface2idr_mat.py``, written out in :mod:`export3d.data.deep3d`): Deep3DFaceRecon's
+BFM unit is 10 cm (BFM09 micrometres / 1e5) and EG3D scales it by 0.27 and then shifts the camera by
+(0, 0.006, 0.161), which puts the face model's centroid at ``FACE_CENTRE``.
 
 The camera of a frame: ``cv2.solvePnP`` of the rigid landmarks (MediaPipe's Procrustes basis) in the square
 crop against the mesh, with the EG3D intrinsics (focal 4.2647 x crop size, centre in the middle), turned into
 a cam2world matrix in OpenCV axes. :func:`reprojection_error` projects the mesh through the written 25-value
-camera (the renderer's own projection) and compares with the landmarks: the check that the camera means what
-the crop shows.
+camera (the renderer's own projection, :func:`export3d.cameras.project_points`) and compares with the landmarks:
+the check that the camera means what the crop shows.
 """
 
 from __future__ import annotations
@@ -20,15 +19,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export3d.data.cameras import FOCAL, INTRINSICS
+from export3d.cameras import FOCAL, INTRINSICS, orbit_camera, project_points
+from export3d.data.deep3d import EG3D_OFFSET, EG3D_SCALE
 from export3d.data.landmarker import CanonicalMesh, require
-from export3d.utils.cameras import look_at_camera
 
-WORLD_PER_CM = 0.027  # EG3D: 0.27 per Deep3DFaceRecon BFM unit (10 cm)
-FACE_CENTRE = np.array([0.0, 0.006, 0.161])  # world position of the face model's centroid (EG3D's offsets)
+BFM_UNIT_CM = 10.0  # Deep3DFaceRecon's BFM unit (BFM09 micrometres / 1e5)
+WORLD_PER_CM = EG3D_SCALE / BFM_UNIT_CM  # 0.027 world units per centimetre of the canonical mesh
+FACE_CENTRE = EG3D_OFFSET  # world position of the face model's centroid
 # EG3D's frontal camera, LookAtPoseSampler.sample(pi/2, pi/2, (0, 0, 0.2), radius=2.7): 2.7 on +z looking along -z,
 # cam2world rotation diag(1, -1, -1), the normalised intrinsics. The crop is calibrated on it (export3d.data.crop).
-FRONTAL_CAMERA = look_at_camera(torch.zeros(1), torch.zeros(1))[0].double().numpy()
+FRONTAL_CAMERA = orbit_camera(torch.zeros(1), torch.zeros(1))[0].double().numpy()
 
 
 def mesh_to_world(mesh: CanonicalMesh, points: np.ndarray | None = None) -> np.ndarray:
@@ -69,13 +69,11 @@ def solve_camera(mesh: CanonicalMesh, landmarks: np.ndarray, size: int) -> np.nd
 def project(camera: np.ndarray, world: np.ndarray) -> np.ndarray:
     """Normalised image coordinates (u = column, v = row, in [0, 1] across the image) of world points.
 
-    camera # [25], world # [N, 3] -> uv # [N, 2]. Same maths as the renderer's ``project_points``.
+    camera # [25], world # [N, 3] -> uv # [N, 2] float64: :func:`export3d.cameras.project_points` on numpy arrays.
     """
-    c2w = camera[:16].reshape(4, 4)
-    K = camera[16:].reshape(3, 3)
-    p = (world - c2w[:3, 3]) @ c2w[:3, :3]  # R^T (w - t)
-    x, y = p[:, 0] / p[:, 2], p[:, 1] / p[:, 2]
-    return np.stack([K[0, 0] * x + K[0, 1] * y + K[0, 2], K[1, 1] * y + K[1, 2]], axis=1)
+    uv, _ = project_points(torch.from_numpy(np.asarray(camera, np.float64))[None],
+                           torch.from_numpy(np.asarray(world, np.float64))[None])  # fmt: skip
+    return uv[0].numpy()
 
 
 def reprojection_error(mesh: CanonicalMesh, camera: np.ndarray, landmarks: np.ndarray, size: int) -> float:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from export3d.data.cameras import camera_rays, dot3
+from export3d.cameras import camera_rays, dot3
 from export3d.data.heads import BOUND_RADIUS, HEAD_CENTRE, TABLE_NAMES, colours, geometry_table, head_sdf
 
 LIGHT = (-0.38, 0.5, 0.78)  # world direction toward the key light (upper left of a frontal image, in front)
@@ -173,8 +173,8 @@ def render_heads(appearance: torch.Tensor, expression: torch.Tensor, camera: tor
     table = torch.stack([geo[n] for n in TABLE_NAMES], 0)  # [P, B]
     col = colours(appearance)
     size = geo["size"]  # [B]
-    origins, dirs = camera_rays(camera, res)  # [B, 3], [B, N, 3]
-    org = (origins - torch.tensor(HEAD_CENTRE)) / size[:, None]  # [B, 3] head-local camera centres
+    origins, dirs = camera_rays(camera, res)  # [B, N, 3] each (origins: one point per frame, expanded)
+    org = (origins[:, 0] - torch.tensor(HEAD_CENTRE)) / size[:, None]  # [B, 3] head-local camera centres
     pixel = 1.0 / (camera[:, 16].to(torch.float32) * res)  # [B] angular size of a pixel (radians, at most)
     block = CONE_BLOCK if res % CONE_BLOCK == 0 and res >= 4 * CONE_BLOCK else 1
     coarse = camera_rays(camera, res // block)[1].reshape(bsz, res // block, res // block, 3) if block > 1 else None

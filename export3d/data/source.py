@@ -34,18 +34,3 @@ class ClipSource(Protocol):
     clips: Sequence[ClipInfo]
 
     def load(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[dict[str, torch.Tensor]]: ...
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images -> uint8 with the same shape (round to nearest)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def from_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [-1, 1] with the same shape (exact inverse of ``to_uint8`` on its outputs)."""
-    return images.to(torch.float32) / 127.5 - 1
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """What an image becomes after a lossless 8-bit round trip (PNG). Same shape, float32."""
-    return from_uint8(to_uint8(images))

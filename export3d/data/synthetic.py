@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from export3d.data.cameras import orbit_camera
+from export3d.cameras import orbit_camera
 from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.data.heads import EXPRESSION_NAMES, N_APPEARANCE, N_EXPRESSION
 from export3d.data.landmarker import N_BLENDSHAPES
@@ -277,7 +277,7 @@ def save_sheet(images: torch.Tensor, labels: list[str], path: str) -> None:
     """Write a [rows, cols, 3, R, R] grid with a header row of labels as a PNG."""
     from PIL import Image, ImageDraw
 
-    from export3d.data.source import to_uint8
+    from export3d.utils.images import to_uint8
 
     rows, cols, _, res, _ = images.shape
     pad, head = 2, 14
@@ -285,7 +285,7 @@ def save_sheet(images: torch.Tensor, labels: list[str], path: str) -> None:
     draw = ImageDraw.Draw(sheet)
     for c, label in enumerate(labels):
         draw.text((pad + c * (res + pad) + 2, 1), label, fill=(0, 0, 0))
-    pixels = to_uint8(images).permute(0, 1, 3, 4, 2).numpy()
+    pixels = to_uint8(images)  # [rows, cols, R, R, 3]
     for r in range(rows):
         for c in range(cols):
             sheet.paste(Image.fromarray(pixels[r, c]), (pad + c * (res + pad), head + pad + r * (res + pad)))

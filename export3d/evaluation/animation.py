@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from export3d.data import TEST_IDENTITY_OFFSET, ClipFormatError, SyntheticClips, orbit_camera
-from export3d.data.clips import IMAGE_SUFFIXES, check_array, check_cameras, frame_files, read_npz
+from export3d.cameras import orbit_camera
+from export3d.data import TEST_IDENTITY_OFFSET, ClipFormatError, SyntheticClips
+from export3d.data.clips import check_array, check_cameras, read_npz
+from export3d.data.frames import IMAGE_SUFFIXES, frame_files
 from export3d.evaluation.loading import held_out_source
 from export3d.model import Export3D
-from export3d.utils.images import load_image, to_uint8
+from export3d.utils.images import centre_square, from_uint8, load_image, to_uint8
 
 
 @dataclass
@@ -109,7 +111,7 @@ def load_clip_folder(folder: str | Path, resolution: int,
         if len(pixels) != rows:
             raise ClipFormatError(videos[0], f"frame/param count mismatch: video has {len(pixels)} frames, "
                                              f"params.npz has {rows} rows")  # fmt: skip
-        frames = torch.stack([_resize(p, resolution) for p in pixels])
+        frames = torch.stack([centre_square(Image.fromarray(p), resolution) for p in pixels])
     return torch.from_numpy(beta), torch.from_numpy(camera), frames
 
 
@@ -144,7 +146,7 @@ def load_driving_video(path: str | Path, resolution: int, dim: int, max_frames: 
                                                    progress)  # fmt: skip
         except SkipClip as err:
             raise ValueError(f"--driving: {path}: {err}") from err
-    frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    frames = from_uint8(np.stack(images))  # [T, 3, H, W]
     return torch.from_numpy(arrays["expression"]), torch.from_numpy(arrays["camera"]), frames, record
 
 
@@ -153,15 +155,6 @@ def _read_video(path: Path) -> list[np.ndarray]:
 
     with iio.get_reader(path, "ffmpeg") as reader:
         return [np.asarray(frame)[..., :3] for frame in reader]
-
-
-def _resize(pixels: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 ``[h, w, 3]`` -> ``[3, size, size]`` in [-1, 1] (centre crop + Lanczos, like load_image)."""
-    im = Image.fromarray(pixels)
-    side = min(im.size)
-    left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(im).copy()).movedim(-1, 0).float() / 127.5 - 1
 
 
 # ----------------------------------------------------------------------------------------------- driving signals

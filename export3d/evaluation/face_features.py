@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from export3d.data.landmarker import EXTRA_HINT, MissingExtraError, require
+from export3d.utils.images import to_uint8
 
 EXTRACT_SIZE = 256
 # dlib's HOG face box relative to the bounding box of MediaPipe's 468 mesh points (w x h), fitted on the
@@ -70,8 +71,7 @@ def to_pixels(images: torch.Tensor) -> list[np.ndarray]:
     """``[B, 3, H, W]`` in [-1, 1] -> uint8 RGB ``[H, W, 3]`` arrays."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-    px = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return list(px.permute(0, 2, 3, 1).cpu().numpy())
+    return list(to_uint8(images))
 
 
 class FaceFeatureExtractor:

@@ -125,7 +125,7 @@ def check_model(preset_name: str, device: torch.device, batch_size: int, kernel_
                 overrides: dict | None = None) -> Check:  # fmt: skip
     """``impl="fast"`` against ``impl="reference"`` from the same weights: one batch, images and gradients."""
     from export3d import Export3D
-    from export3d.data import orbit_camera_deg
+    from export3d.cameras import orbit_camera_deg
 
     torch.manual_seed(0)
     ref = Export3D.from_preset(preset_name, impl="reference", **(overrides or {})).to(device)

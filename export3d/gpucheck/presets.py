@@ -29,7 +29,7 @@ PRESET_NAMES = ("paper", "tiny")
 
 
 def _cameras(n: int) -> torch.Tensor:
-    from export3d.data import orbit_camera_deg
+    from export3d.cameras import orbit_camera_deg
 
     return torch.stack([orbit_camera_deg(yaw, 5.0) for yaw in torch.linspace(-25.0, 25.0, n).tolist()])
 

@@ -84,7 +84,7 @@ def train_step_timings(preset_name: str, device: torch.device, batch_size: int, 
     """The reconstruction-stage generator step without LPIPS (forward, MSE on both images, backward, Adam) per
     variant (``reference``, ``fast``, ``fast+compile``): median seconds, images/s and peak memory (CUDA)."""
     from export3d import Export3D
-    from export3d.data import orbit_camera_deg
+    from export3d.cameras import orbit_camera_deg
 
     rows = []
     for variant in variants:

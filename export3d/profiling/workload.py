@@ -48,7 +48,7 @@ class Workload:
 
 
 def build_workload(opts: ProfileOptions, device: torch.device) -> Workload:
-    from export3d.data import orbit_camera_deg
+    from export3d.cameras import orbit_camera_deg
     from export3d.evaluation.metrics import build_lpips
     from export3d.model import Export3D
     from export3d.model.config import preset

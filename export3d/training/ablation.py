@@ -41,9 +41,9 @@ from export3d.evaluation.probe import identity_leak
 from export3d.evaluation.scoring import cross_identity_batches
 from export3d.training.config import TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import main as train_main
-from export3d.utils.checkpoint import atomic_write_json
 from export3d.utils.distributed import resolve_device
 from export3d.utils.images import make_grid, save_png
+from export3d.utils.outputs import atomic_write_json
 from export3d.utils.signals import catch_sigterm, interrupts_ignored
 
 

@@ -42,9 +42,10 @@ from export3d.training.losses import (
 )
 from export3d.training.runlog import Progress, RunLogger
 from export3d.training.weight_ema import WeightEMA
-from export3d.utils.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
+from export3d.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from export3d.utils.distributed import DistInfo, init_distributed, shutdown
 from export3d.utils.images import make_grid, save_png
+from export3d.utils.outputs import atomic_write_json
 from export3d.utils.signals import Terminated, catch_sigterm, interrupts_ignored
 
 

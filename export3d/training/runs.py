@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from export3d.training.config import TrainConfig
-from export3d.utils.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_json, checkpoint_dirs
+from export3d.utils.checkpoint import CheckpointError, checkpoint_dirs
+from export3d.utils.outputs import atomic_write_bytes, atomic_write_json
 
 # Settings a resume may change: where and how fast it runs, how often it reports, when it stops.
 SAFE_TO_CHANGE = frozenset({

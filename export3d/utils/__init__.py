@@ -3,5 +3,4 @@
 - :mod:`~export3d.utils.images`: image files and grids <-> tensors in [-1, 1].
 - :mod:`~export3d.utils.checkpoint`: checkpoints written atomically (safetensors + JSON).
 - :mod:`~export3d.utils.distributed`: device choice and the ``torchrun`` process group.
-- :mod:`~export3d.utils.cameras`: EG3D's look-at cameras (one formula for the model and the synthetic data).
 """

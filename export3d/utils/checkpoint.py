@@ -17,8 +17,8 @@ removed by the next save.
 
 Reading verifies every file against the sha256 in ``meta.json``. Given a run or ``checkpoints/`` folder, a
 checkpoint that fails (missing, damaged, bit-flipped) is reported and the newest one that verifies is used.
-Nothing is unpickled: the training state holds only tensors and JSON. (Checkpoints of older versions stored
-it as ``state.pt``; that file is read with ``torch.load(weights_only=True)``, which refuses arbitrary objects.)
+Nothing is unpickled: the training state holds only tensors and JSON. Files are written through
+:mod:`export3d.utils.outputs` (temporary name, fsync, rename).
 """
 
 from __future__ import annotations
@@ -37,48 +37,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from export3d.utils.outputs import atomic_write_json, fsync_dir
+
 WEIGHTS, STATE_TENSORS, STATE_JSON, META, LAST = (
     "weights.safetensors", "state.safetensors", "state.json", "meta.json", "last.json")  # fmt: skip
-LEGACY_STATE = "state.pt"
-STATE = STATE_JSON  # kept for callers of the old name
 _NAME = re.compile(r"step_(\d{8})(?:\.r(\d+))?")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt; the message names the file."""
-
-
-# ----------------------------------------------------------------------------------------------- atomic files
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def sha256(path: Path) -> str:
@@ -182,9 +149,9 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_json(root / LAST, {"step": step, "dir": name})
     # prune only now: the new checkpoint is complete and last.json points at it
     newest_of_step = {}
@@ -268,20 +235,13 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
 
 
 def _load_state(folder: Path) -> dict[str, Any]:
-    if (folder / STATE_JSON).is_file():
-        try:
-            tensors = load_file(str(folder / STATE_TENSORS)) if (folder / STATE_TENSORS).is_file() else {}
-            return _decode(json.loads((folder / STATE_JSON).read_text()), tensors)
-        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint: the training state in {folder} is corrupt or unreadable ({exc})") \
-                from exc
-    if (folder / LEGACY_STATE).is_file():
-        try:  # weights_only: tensors, dicts, lists, tuples, numbers, strings; never arbitrary objects
-            return torch.load(folder / LEGACY_STATE, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged or hostile file
-            raise CheckpointError(f"checkpoint: {folder / LEGACY_STATE} is corrupt, unreadable or holds objects other "
-                                  f"than tensors and plain data; it was not loaded ({exc})") from exc  # fmt: skip
-    return {}
+    if not (folder / STATE_JSON).is_file():
+        raise CheckpointError(f"checkpoint: {folder / STATE_JSON} is missing (the training state)")
+    try:
+        tensors = load_file(str(folder / STATE_TENSORS)) if (folder / STATE_TENSORS).is_file() else {}
+        return _decode(json.loads((folder / STATE_JSON).read_text()), tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint: the training state in {folder} is corrupt or unreadable ({exc})") from exc
 
 
 def _load_folder(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -10,16 +10,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from export3d.utils.outputs import replacing_file
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` or ``[3, H, W]`` in [-1, 1] -> uint8 ``[B, H, W, 3]`` / ``[H, W, 3]``."""
+    """``[..., 3, H, W]`` in [-1, 1] -> uint8 ``[..., H, W, 3]`` (rounded to nearest), e.g. for PIL or a video."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.movedim(-3, -1).cpu().numpy()
 
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
-    """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [-1, 1]."""
-    return torch.from_numpy(np.array(array, copy=True)).movedim(-1, 0).float() / 127.5 - 1  # a writable copy
+    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [-1, 1] (the exact inverse of :func:`to_uint8` on its
+    outputs)."""
+    return torch.from_numpy(np.array(array, copy=True)).movedim(-1, -3).float() / 127.5 - 1  # a writable copy
 
 
 def make_grid(rows: list[torch.Tensor], size: int | None = None, pad: int = 2) -> torch.Tensor:
@@ -46,10 +49,8 @@ def make_grid(rows: list[torch.Tensor], size: int | None = None, pad: int = 2) -
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
     """Save ``[3, H, W]`` in [-1, 1] as PNG (written to a temp file, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing_file(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
     return path
 
 
@@ -78,6 +79,11 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
         raise ValueError(f"image: {path} is too large ({exc}); crop or downscale it first") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"image: cannot read {path} as an image ({exc})") from exc
+    return centre_square(im, size)
+
+
+def centre_square(im: Image.Image, size: int) -> torch.Tensor:
+    """The largest centred square of an RGB image, resized (Lanczos) -> ``[3, size, size]`` in [-1, 1]."""
     w, h = im.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2

@@ -1,21 +1,28 @@
 """Output files and folders that appear only when complete, and destinations checked before the work starts.
 
+Every file or folder the package writes for keeps (checkpoints, manifests, clips, caches, videos, images, JSON)
+goes through this module: written under a temporary name in the destination's folder, then renamed onto it, so a
+crash, a kill or Ctrl-C leaves the earlier copy or none, never a half-written one.
+
 - :func:`check_output_file`: before a long job, make sure its output path can be written (not a folder, the
   parent folder exists or can be created, and a file can be created there). Errors name the flag.
 - :func:`replacing_file`: write to a temporary name in the same folder; renamed onto the destination only
   when the block succeeds (an earlier good file survives a failure).
-- :func:`replacing_folder`: the same for a folder of files (``animate --frames``): the new folder replaces the
-  old one whole, so files of an earlier run do not linger.
+- :func:`replacing_folder`: the same for a folder of files (a clip, ``animate --frames``): the new folder replaces
+  the old one whole, so files of an earlier run do not linger.
+- :func:`atomic_write_bytes` / :func:`atomic_write_json`: one small file, fsynced before the rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def check_output_file(path: str | os.PathLike, flag: str) -> Path:
@@ -83,3 +90,32 @@ def replacing_folder(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (fsynced), then rename."""
+    path = Path(path)
+    with replacing_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON with sorted keys, written atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())

@@ -2,7 +2,8 @@
 
 import torch
 
-from export3d.data import EXPRESSION_NAMES, SyntheticConfig, SyntheticHeads, orbit_camera_deg
+from export3d.cameras import orbit_camera_deg
+from export3d.data import EXPRESSION_NAMES, SyntheticConfig, SyntheticHeads
 
 RES = 64
 UPPER = ("blink_left", "blink_right", "brow_raise")  # eye region

@@ -12,7 +12,7 @@ import pytest
 from export3d.data.crop import calibration, face_measures, smooth
 from export3d.data.headpose import FRONTAL_CAMERA, camera_angles, mesh_to_world, project, solve_camera
 from export3d.data.landmarker import MissingExtraError, canonical_mesh, require
-from tests.data.eg3d_formula import eg3d_look_at
+from tests.eg3d_formula import eg3d_look_at
 
 
 def _camera(yaw_deg, elevation_deg, roll_deg, radius=2.7):

@@ -143,8 +143,8 @@ def test_bad_arguments_are_named(tmp_path):
 
 def test_prepared_clips_train_and_evaluate_end_to_end(prepared, tmp_path):
     from export3d.evaluate import main as evaluate_main
-    from export3d.train import main as train_main
-    from export3d.train_config import TrainConfig
+    from export3d.training.config import TrainConfig
+    from export3d.training.loop import main as train_main
 
     _, out, _ = prepared
     cfg = TrainConfig(data=str(out), out=str(tmp_path / "run"), clebs_steps=2, rec_steps=2, adv_steps=1, batch_size=2,

@@ -1,25 +1,13 @@
-"""Camera convention: valid EG3D cameras on the orbit, upright heads that stay inside the image."""
+"""The synthetic data's poses: valid EG3D cameras on the orbit, upright heads that stay inside the image."""
 
 import math
 
-import numpy as np
-import pytest
 import torch
 
-from export3d.data import (
-    INTRINSICS,
-    N_APPEARANCE,
-    PIVOT,
-    FrameKey,
-    SyntheticConfig,
-    SyntheticHeads,
-    orbit_camera,
-    orbit_camera_deg,
-)
+from export3d.cameras import INTRINSICS, PIVOT, orbit_camera_deg
+from export3d.data import N_APPEARANCE, FrameKey, SyntheticConfig, SyntheticHeads
 from export3d.data.heads import APPEARANCE_NAMES
 from export3d.data.raycast import render_heads
-from export3d.model.render import look_at_camera
-from tests.data.eg3d_formula import eg3d_look_at
 
 CFG = SyntheticConfig(resolution=32)
 KEYS = [FrameKey(i, c, f) for i in range(12) for c in range(2) for f in range(0, 64, 9)]
@@ -45,25 +33,6 @@ def test_cameras_are_rigid_orbit_cameras_looking_at_the_pivot():
     pitch = torch.rad2deg(-math.pi / 2 * pos[:, 1] / 2.7)  # EG3D: height = -2 r pitch / pi
     assert yaw.abs().max() <= 35.0 and pitch.abs().max() <= 20.0
     assert yaw.abs().max() > 20.0 and pitch.abs().max() > 10.0  # the range is actually used
-
-
-def test_orbit_cameras_are_eg3ds_look_at_pose_sampler():
-    yaws = [0.0, 0.3, -0.5, 0.8, 0.1]
-    pitches = [0.0, 0.2, -0.25, 0.05, -0.6]
-    for fn in (orbit_camera, look_at_camera):
-        cams = fn(torch.tensor(yaws, dtype=torch.float64), torch.tensor(pitches, dtype=torch.float64)).double()
-        for cam, yaw, pitch in zip(cams, yaws, pitches, strict=True):
-            expected = eg3d_look_at(math.pi / 2 + yaw, math.pi / 2 + pitch, (0.0, 0.0, 0.2), 2.7)
-            np.testing.assert_allclose(cam[:16].reshape(4, 4).numpy(), expected, atol=1e-6)
-            np.testing.assert_allclose(cam[16:].numpy(), [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1], atol=1e-6)
-    up = orbit_camera_deg(0.0, -10.0)  # EG3D's pitch sign: negative pitch puts the camera above the head
-    assert up[7] > 0 and up[7] == pytest.approx(2 * 2.7 * math.radians(10.0) / math.pi, abs=1e-5)
-
-
-def test_frontal_camera_is_eg3d_default():
-    cam = orbit_camera_deg(0.0, 0.0)
-    expected = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2.7], [0, 0, 0, 1]])
-    torch.testing.assert_close(cam[:16].reshape(4, 4), expected, atol=1e-6, rtol=0)
 
 
 def _mask_and_image(app, cams):

@@ -14,8 +14,8 @@ import pytest
 
 from export3d.animate import main as animate_main
 from export3d.evaluate import main as evaluate_main
-from export3d.train import main as train_main
 from export3d.training.config import TrainConfig
+from export3d.training.loop import main as train_main
 from tests.data.faces import write_astronaut_frames
 from tests.evaluation.test_evaluate import write_checkpoint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from export3d import Export3D
+from export3d.cameras import orbit_camera
 from export3d.model.layers import EAdaLN
-from export3d.model.render import look_at_camera
 
 SMALL = {"image_size": 32, "render": {"n_coarse": 8, "n_fine": 8}}  # the tiny preset, shrunk for speed
 
@@ -25,7 +25,7 @@ def inputs(model: Export3D, batch: int = 2, seed: int = 1) -> tuple[torch.Tensor
     expression = torch.randn(batch, model.config.expression_dim, generator=g)
     yaw = (torch.rand(batch, generator=g) - 0.5) * 0.6
     pitch = (torch.rand(batch, generator=g) - 0.5) * 0.3
-    return source, expression, look_at_camera(yaw, pitch)
+    return source, expression, orbit_camera(yaw, pitch)
 
 
 def perturb_modulation(model: torch.nn.Module, std: float = 0.05, seed: int = 3) -> None:

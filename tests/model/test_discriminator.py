@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from export3d.cameras import orbit_camera
 from export3d.model.config import preset
 from export3d.model.discriminator import Discriminator
-from export3d.model.render import look_at_camera
 from export3d.model.superres import SuperResolution
 
 
@@ -14,7 +14,7 @@ def _batch(B=4, H=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(B, 3, H, H, generator=g) * 2 - 1
     raw = torch.rand(B, 3, H // 4, H // 4, generator=g) * 2 - 1
-    camera = look_at_camera(torch.linspace(-0.5, 0.5, B), torch.zeros(B))
+    camera = orbit_camera(torch.linspace(-0.5, 0.5, B), torch.zeros(B))
     return image, raw, camera
 
 

@@ -105,10 +105,10 @@ def test_import_and_cpu_forward_do_not_import_xformers_or_lpips():
         "import sys, torch\n"
         "import export3d\n"
         "from export3d import Export3D\n"
-        "from export3d.model.render import look_at_camera\n"
+        "from export3d.cameras import orbit_camera\n"
         "m = Export3D.from_preset('tiny', image_size=32, render={'n_coarse': 4, 'n_fine': 4}).eval()\n"
         "with torch.no_grad():\n"
-        "    m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 64), look_at_camera(torch.zeros(1), torch.zeros(1)))\n"
+        "    m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 64), orbit_camera(torch.zeros(1), torch.zeros(1)))\n"
         "bad = [n for n in ('xformers', 'lpips') if n in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -135,8 +135,7 @@ def test_fir_resampling_matches_upfirdn():
 def test_source_resampling_lines_up_a_frontal_image_with_the_xy_plane():
     """A source pixel lands, after ``to_plane_frame`` and the generator's row flip, on the xy-plane cell that
     triplane_sample reads for the world point seen through that pixel (frontal camera, pivot depth)."""
-    from export3d.data.cameras import RADIUS, orbit_camera_deg
-    from export3d.model.render.cameras import camera_rays
+    from export3d.cameras import RADIUS, camera_rays, orbit_camera_deg
 
     gen = _generator()
     H = P = 32  # a full-resolution check of the resampling itself

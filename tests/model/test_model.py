@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from export3d import Export3D, Export3DOutput
-from export3d.model import format_parameter_counts, parameter_counts
+from export3d.cameras import orbit_camera
 from export3d.model.config import preset
 from export3d.model.layers import EAdaLN
-from export3d.model.render import look_at_camera
+from export3d.model.network import format_parameter_counts, parameter_counts
 from tests.model.helpers import inputs, perturb_modulation, small_model
 
 NARROW = {"hidden": 64, "stem_channels": (8, 16, 16), "up_channels": (16, 16), "hr_channels": 8,
@@ -55,7 +55,7 @@ def test_paper_preset_shapes():
 def test_generate_once_render_many_cameras():
     model = small_model().eval()
     src, beta, _ = inputs(model, batch=1)
-    cams = look_at_camera(torch.tensor([-0.4, 0.0, 0.4]), torch.zeros(3))
+    cams = orbit_camera(torch.tensor([-0.4, 0.0, 0.4]), torch.zeros(3))
     with torch.no_grad():
         triplane = model.generate_triplane(src, model.encode_expression(beta))
         views = model.render(triplane, cams)

@@ -1,4 +1,4 @@
-"""Cameras, rays, depth sampling and the volume renderer."""
+"""Depth sampling and the volume renderer (the cameras and their rays: tests/test_cameras.py)."""
 
 import math
 
@@ -6,66 +6,9 @@ import pytest
 import torch
 
 from benchmarks.cases import renderer_saved_bytes
+from export3d.cameras import orbit_camera
 from export3d.model.config import preset
-from export3d.model.render import (
-    VolumeRenderer,
-    camera_rays,
-    fov_degrees,
-    importance_depths,
-    look_at_camera,
-    project_points,
-    sample_pdf,
-    stratified_depths,
-)
-
-
-def _independent_pixel(camera: torch.Tensor, point: torch.Tensor, res: int) -> torch.Tensor:
-    """Pinhole projection written from scratch: inv(cam2world) then K -> (column, row) in pixels."""
-    c2w = camera[:16].reshape(4, 4).double()
-    K = camera[16:].reshape(3, 3).double()
-    p_cam = torch.linalg.inv(c2w) @ torch.cat([point.double(), torch.ones(1, dtype=torch.float64)])
-    uvw = K @ p_cam[:3]
-    return torch.stack([uvw[0] / uvw[2], uvw[1] / uvw[2]]) * res - 0.5
-
-
-def test_point_on_a_ray_projects_to_that_rays_pixel():
-    res = 16
-    camera = look_at_camera(torch.tensor([0.3, -0.5]), torch.tensor([0.2, -0.1]))  # [2, 25]
-    origins, dirs = camera_rays(camera, res)  # [2, R, 3]
-    torch.testing.assert_close(dirs.norm(dim=-1), torch.ones(2, res * res))
-    for b, (row, col) in [(0, (3, 11)), (1, (15, 0)), (1, (7, 8))]:
-        ray = row * res + col  # rays are row-major
-        point = origins[b, ray] + 2.8 * dirs[b, ray]
-        pixel = _independent_pixel(camera[b], point, res)
-        torch.testing.assert_close(pixel.float(), torch.tensor([float(col), float(row)]), atol=1e-3, rtol=0)
-        uv, depth = project_points(camera[b : b + 1], point[None, None])
-        torch.testing.assert_close(uv[0, 0] * res - 0.5, torch.tensor([float(col), float(row)]), atol=1e-3, rtol=0)
-        assert depth.item() > 0
-
-
-def test_frontal_camera_conventions():
-    camera = look_at_camera(torch.zeros(1), torch.zeros(1))
-    c2w = camera[0, :16].reshape(4, 4)
-    torch.testing.assert_close(c2w[:3, :3], torch.diag(torch.tensor([1.0, -1.0, -1.0])))
-    torch.testing.assert_close(c2w[:3, 3], torch.tensor([0.0, 0.0, 2.7]))  # EG3D: 2.7 from the origin
-    assert abs(fov_degrees() - 18.837) < 1e-2  # EG3D rounds sqrt(2) and pi
-    pts = torch.tensor([[[0.0, 0.0, 0.2], [0.1, 0.0, 0.2], [0.0, 0.1, 0.2]]])
-    uv, depth = project_points(camera, pts)
-    torch.testing.assert_close(uv[0, 0], torch.tensor([0.5, 0.5]))
-    assert uv[0, 1, 0] > 0.5  # world +x appears on the right
-    assert uv[0, 2, 1] < 0.5  # world +y (up) appears at the top
-    torch.testing.assert_close(depth[0], torch.full((3,), 2.5))  # the camera is 2.7 from the origin, 2.5 from z = 0.2
-
-
-def test_rays_match_the_data_pipeline_cameras():
-    cams = pytest.importorskip("export3d.data.cameras")
-    if not hasattr(cams, "camera_rays"):
-        pytest.skip("export3d.data.cameras has no camera_rays")
-    camera = look_at_camera(torch.tensor([0.4]), torch.tensor([-0.2]))
-    origins, dirs = camera_rays(camera, 8)
-    o2, d2 = cams.camera_rays(camera, 8)
-    torch.testing.assert_close(dirs, d2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(origins[:, 0], o2, atol=1e-6, rtol=0)
+from export3d.model.render import VolumeRenderer, importance_depths, sample_pdf, stratified_depths
 
 
 def test_stratified_depths_grid_and_jitter():
@@ -130,7 +73,7 @@ def test_renderer_outputs_and_eval_is_deterministic():
     cfg = preset("tiny", image_size=32, render={"n_coarse": 8, "n_fine": 8})
     renderer = VolumeRenderer(cfg, kernel_impl="reference")
     planes = torch.randn(2, 3, cfg.generator.plane_channels, 16, 16)
-    camera = look_at_camera(torch.tensor([0.0, 0.3]), torch.zeros(2))
+    camera = orbit_camera(torch.tensor([0.0, 0.3]), torch.zeros(2))
     renderer.eval()
     a, b = renderer(planes, camera), renderer(planes, camera)
     assert a.features.shape == (2, cfg.render.feature_channels, 8, 8)
@@ -159,7 +102,7 @@ def test_fused_renderer_equals_the_split_reference(training):
             p.add_(torch.randn(p.shape) * 0.3)
         renderer.decoder.density.bias.add_(2.0)
     planes = (torch.randn(2, 3, cfg.generator.plane_channels, 8, 8) * 2).requires_grad_(True)
-    camera = look_at_camera(torch.tensor([0.0, 0.3]), torch.tensor([0.1, -0.1]))
+    camera = orbit_camera(torch.tensor([0.0, 0.3]), torch.tensor([0.1, -0.1]))
     leaves = [planes, *renderer.decoder.parameters()]
 
     def run(kernel_impl):

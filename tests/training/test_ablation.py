@@ -19,7 +19,7 @@ from export3d import Export3D
 from export3d.evaluate import build_parser
 from export3d.model.blocks import CodeCrossAttention
 from export3d.model.config import preset
-from export3d.model.export3d import DirectExpression
+from export3d.model.network import DirectExpression
 from export3d.training import ablation
 from export3d.training.config import TrainConfig, model_overrides
 from export3d.training.loop import main as train_main

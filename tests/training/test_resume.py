@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from export3d.train import cli, main, parse_args
+from export3d.train import cli, parse_args
+from export3d.training.loop import main
 from export3d.training.runs import TrainingDiverged, write_config
 from export3d.utils.checkpoint import load_checkpoint
 from tests.training.test_train import _cfg

@@ -9,8 +9,9 @@ import torch
 import torch.multiprocessing as mp
 
 from export3d.data import ClipFormatError, SyntheticConfig, export_synthetic
-from export3d.train import main, parse_args
+from export3d.train import parse_args
 from export3d.training.config import TrainConfig
+from export3d.training.loop import main
 from export3d.utils.checkpoint import CheckpointError, load_checkpoint
 
 

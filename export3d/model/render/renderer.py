@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export3d.cameras import camera_rays
 from export3d.kernels import composite_rays, prepare_planes, render_rays, render_rays_weights, triplane_sample
 from export3d.kernels.utils import use_triton
 from export3d.model.config import ModelConfig
-from export3d.model.render.cameras import camera_rays
 from export3d.model.render.sampling import importance_depths, stratified_depths
 
 
