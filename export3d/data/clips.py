@@ -267,27 +267,35 @@ class ClipFolder:
         return out
 
 
-def write_clip(folder: Path, images: torch.Tensor, beta: torch.Tensor, camera: torch.Tensor,
-               extras: dict[str, torch.Tensor] | None = None, video: bool = False) -> None:
-    """Write one clip: images # [T, 3, R, R] in [-1, 1] as PNGs (or one mp4), params.npz with beta/camera.
+def write_clip_files(folder: Path, frames: Sequence[np.ndarray], arrays: dict[str, np.ndarray],
+                     record: dict | None = None, video: bool = False) -> None:
+    """Write one clip folder: frames (uint8 ``[R, R, 3]`` each) as PNGs (or one mp4), ``params.npz`` with ``arrays``
+    and, when given, ``record`` as ``clip.json`` (what ``prepare`` keeps about the clip's source).
 
-    The clip is written into a temporary sibling folder and renamed into place (replacing an earlier copy
-    only then), so a crash or Ctrl-C never leaves a half-written clip under ``folder``.
+    The clip is written into a temporary sibling folder and renamed into place (replacing an earlier copy only
+    then), so a crash or Ctrl-C never leaves a half-written clip under ``folder``.
     """
     with replacing_folder(folder) as tmp:
-        pixels = to_uint8(images)  # [T, R, R, 3]
         if video:
             import imageio.v2 as iio
 
-            iio.mimwrite(tmp / "frames.mp4", list(pixels), fps=25, macro_block_size=1)
+            iio.mimwrite(tmp / "frames.mp4", list(frames), fps=25, macro_block_size=1)
         else:
             from PIL import Image
 
-            for t, px in enumerate(pixels):
-                Image.fromarray(px).save(tmp / f"{t:05d}.png")
-        arrays = {"expression": beta.numpy().astype(np.float32), "camera": camera.numpy().astype(np.float32)}
-        arrays.update({k: v.numpy().astype(np.float32) for k, v in (extras or {}).items()})
+            for t, px in enumerate(frames):
+                Image.fromarray(px).save(tmp / f"{t:05d}.png", compress_level=1)  # level 6 dominated a profile
         np.savez(tmp / "params.npz", **arrays)
+        if record is not None:
+            (tmp / "clip.json").write_text(json.dumps(record, indent=1))
+
+
+def write_clip(folder: Path, images: torch.Tensor, beta: torch.Tensor, camera: torch.Tensor,
+               extras: dict[str, torch.Tensor] | None = None, video: bool = False) -> None:
+    """:func:`write_clip_files` for tensors: images # [T, 3, R, R] in [-1, 1], beta # [T, E], camera # [T, 25]."""
+    arrays = {"expression": beta.numpy().astype(np.float32), "camera": camera.numpy().astype(np.float32)}
+    arrays.update({k: v.numpy().astype(np.float32) for k, v in (extras or {}).items()})
+    write_clip_files(folder, list(to_uint8(images)), arrays, video=video)
 
 
 def export_synthetic(config: SyntheticConfig, root: str | Path, splits: Sequence[str] = ("train", "test"),

@@ -105,3 +105,19 @@ def read_deep3d_clip(folder: Path, image_suffixes: tuple[str, ...] = (".png", ".
     trans = np.stack([c["trans"] for c in coeffs])
     return Deep3DClip([images[m.stem] for m in mats], np.stack([c["exp"] for c in coeffs]).astype(np.float32),
                       deep3d_camera(angles, trans).astype(np.float32))
+
+
+def clip_frames(clip: Deep3DClip, size: int) -> list[np.ndarray]:
+    """The clip's images as RGB uint8 ``[size, size, 3]`` (Lanczos; Deep3DFaceRecon's inputs are aligned crops)."""
+    from PIL import Image
+
+    from export3d.data.frames import VideoError
+
+    frames = []
+    for path in clip.images:
+        try:
+            with Image.open(path) as im:
+                frames.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)))
+        except OSError as err:
+            raise VideoError(path, f"cannot read image: {err}") from err
+    return frames

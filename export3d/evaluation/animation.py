@@ -127,27 +127,28 @@ def load_driving_video(path: str | Path, resolution: int, dim: int, max_frames: 
                        progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:  # fmt: skip
     """A real video (or frame folder) -> expression ``[T, 52]``, camera ``[T, 25]``, crops ``[T, 3, H, W]``, record.
 
-    The per-frame pipeline of ``python -m export3d.data.prepare`` (MediaPipe landmarks, a smoothed crop by
-    translation and scale, PnP head pose -> EG3D camera, 52 blendshapes): the driving signal is what ``prepare``
-    would have written for this video. Frames without a face are dropped (``record["dropped_no_face"]``).
+    The face pipeline of ``python -m export3d.data.prepare`` (:mod:`export3d.data.face_pipeline`: MediaPipe
+    landmarks, a smoothed crop by translation and scale, PnP head pose -> EG3D camera, 52 blendshapes): the driving
+    signal is what ``prepare`` would have written for this video. Frames without a face are dropped
+    (``record["dropped_no_face"]``).
     """
+    from export3d.data.face_pipeline import TooFewFaces, read_video_faces
     from export3d.data.landmarker import N_BLENDSHAPES, FaceLandmarker, canonical_mesh
-    from export3d.data.prepare import Job, PrepareConfig, SkipClip, process_video
 
     path = Path(path)
     if dim != N_BLENDSHAPES:
         raise ValueError(f"--driving: a video gives the {N_BLENDSHAPES} MediaPipe blendshapes per frame, but this "
                          f"checkpoint's model takes {dim}-d expressions; train it with --expression-source "
                          "landmarker (synthetic data) or on clips from python -m export3d.data.prepare")  # fmt: skip
-    cfg = PrepareConfig(size=resolution, min_frames=1, max_frames=max_frames)
-    with FaceLandmarker(min_confidence=cfg.min_confidence) as landmarker:
+    with FaceLandmarker() as landmarker:
         try:
-            images, arrays, record = process_video(Job(path, path.stem, path.stem), cfg, landmarker, canonical_mesh(),
-                                                   progress)  # fmt: skip
-        except SkipClip as err:
+            track, params, crops = read_video_faces(path, landmarker, canonical_mesh(), resolution,
+                                                    max_frames=max_frames, progress=progress)  # fmt: skip
+        except TooFewFaces as err:
             raise ValueError(f"--driving: {path}: {err}") from err
-    frames = from_uint8(np.stack(images))  # [T, 3, H, W]
-    return torch.from_numpy(arrays["expression"]), torch.from_numpy(arrays["camera"]), frames, record
+    frames = from_uint8(np.stack(crops))  # [T, 3, H, W]
+    record = {"frames": len(crops), "dropped_no_face": track.dropped}
+    return torch.from_numpy(params.expression), torch.from_numpy(params.cameras).float(), frames, record
 
 
 def _read_video(path: Path) -> list[np.ndarray]:

@@ -5,7 +5,7 @@ Per image (``[3, H, W]`` in [-1, 1], at the model's resolution), after a bicubic
 
 - MediaPipe's face landmarker (:mod:`export3d.data.landmarker`, IMAGE mode): decides whether there is a face
   at all; its 52 blendshapes are the expression vector (AED) and a PnP fit of its landmarks against the
-  canonical face mesh with the EG3D intrinsics (:func:`export3d.data.headpose.solve_camera`, the one
+  canonical face mesh with the EG3D intrinsics (:func:`export3d.data.face_pipeline.read_crop`, the pipeline
   ``prepare`` writes cameras with) gives the head pose: yaw, pitch, roll in degrees (APD).
 - dlib (``dlib-bin``): the 68-point shape predictor (iBUG 300-W layout, the points FAN gives in the paper)
   in a square box placed on MediaPipe's landmarks (AKD; coordinates reported in pixels of the model's
@@ -100,19 +100,19 @@ class FaceFeatureExtractor:
         return self.dlib.rectangle(left, top, right, bottom)
 
     def one(self, pixels: np.ndarray, descriptor: bool) -> FaceFeatures | None:
-        from export3d.data.headpose import camera_angles, solve_camera
+        from export3d.data.face_pipeline import read_crop
+        from export3d.data.headpose import camera_angles
 
         scale = self.size / pixels.shape[0]
         big = self.cv2.resize(pixels, (self.size, self.size), interpolation=self.cv2.INTER_CUBIC)
-        face = self.landmarker.detect(big)
+        face = read_crop(big, self.landmarker, self.mesh)  # the pipeline prepare measures training clips with
         if face is None:
             return None
         self.blendshape_names = self.landmarker.blendshape_names
         shape = self.predictor(big, self.box(face.landmarks))
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64) / scale
-        pose = camera_angles(solve_camera(self.mesh, face.landmarks, self.size))
         desc = np.array(self.recogniser.compute_face_descriptor(big, shape), dtype=np.float64) if descriptor else None
-        return FaceFeatures(points, face.blendshapes, pose, desc)
+        return FaceFeatures(points, face.blendshapes, camera_angles(face.camera), desc)
 
     def __call__(self, images: torch.Tensor, descriptor: bool = False) -> list[FaceFeatures | None]:
         return [self.one(px, descriptor) for px in to_pixels(images)]

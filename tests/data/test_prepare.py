@@ -15,7 +15,8 @@ from export3d.data import ClipFolder
 from export3d.data.crop import calibration
 from export3d.data.headpose import camera_angles
 from export3d.data.landmarker import canonical_mesh
-from export3d.data.prepare import PrepareConfig, main, prepare, split_of
+from export3d.data.manifest import split_of
+from export3d.data.prepare import PrepareConfig, main, prepare
 from tests.data.faces import FRAMES, frame_transform, motion, write_astronaut_frames
 
 SIZE = 64  # the tiny preset's image size, so the same clips train in test_prepare_train
