@@ -122,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", choices=("reference", "fast"), default="fast", help="model implementation (default: fast)")
     p.add_argument("--compile", action="store_true", help="torch.compile every profiled unit separately")
     p.add_argument("--batch-size", dest="batch", type=int, default=None, help="(tiny: 8; paper: 1)")
-    p.add_argument("--batch", dest="batch", type=int, help=argparse.SUPPRESS)  # the old name, kept working
     p.add_argument("--steps", type=int, default=None, help="measured steps (default: 3 for tiny, 1 for paper)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")

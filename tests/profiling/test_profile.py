@@ -80,7 +80,6 @@ def test_cli_errors_name_the_argument(capsys, tmp_path):
     with pytest.raises(SystemExit):
         profile.parse_args(["--batch-size", "0"])
     assert "--batch-size must be >= 1" in capsys.readouterr().err
-    assert profile.parse_args(["--batch", "3"]).batch == 3  # the old flag name still works (hidden)
     with pytest.raises(SystemExit):
         profile.parse_args(["--device", "gpu0"])
     assert "--device: 'gpu0' is not a device" in capsys.readouterr().err
