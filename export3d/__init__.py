@@ -3,10 +3,10 @@
 ``from export3d import Export3D`` gives the model; importing the package does not import lpips or
 xformers (xformers is imported lazily by :mod:`export3d.model.attention`, on CUDA only).
 
-Layers, each importing only those before it (docs/design.md, "Layers"): ``export3d.kernels`` (fused ops) and
-``export3d.utils`` (plumbing, the camera convention) <- ``export3d.model`` and ``export3d.data`` <-
-``export3d.evaluation`` <- ``export3d.training`` <- ``export3d.profiling`` <- the command lines
-``export3d.train`` / ``evaluate`` / ``animate`` / ``ablation`` / ``profile`` / ``gpucheck``.
+Layers, each importing only those before it (docs/design.md, "Layers"): ``export3d.kernels`` (fused ops),
+``export3d.cameras`` (EG3D's camera convention) and ``export3d.utils`` (plumbing) <- ``export3d.model`` and
+``export3d.data`` <- ``export3d.evaluation`` <- ``export3d.training`` <- ``export3d.profiling`` <- the command
+lines ``export3d.train`` / ``evaluate`` / ``animate`` / ``ablation`` / ``profile`` / ``gpucheck``.
 """
 
 from export3d.model import PRESETS, Export3D, Export3DOutput, ModelConfig, preset

@@ -311,7 +311,8 @@ def render_rays(planes, origins, directions, depths, w1, b1, w2, b2, *, axes: st
 
     Returns ``(rgb [B, R, Cf], depth [B, R, 1])`` (``+ (weights,)``) in ``planes.dtype``. Gradients flow to planes,
     w1, b1, w2 and b2 only: rays and depths are treated as constants on both paths. The Triton path takes
-    ``C, hidden, Cf <= 64``, saves per-ray state only (no ``[B, R, S, *]`` tensor) and recomputes every sample in
+    ``C <= MAX_C``, ``hidden <= MAX_HIDDEN`` and ``Cf <= MAX_CF`` (32, 64, 32), saves per-ray state only (no
+    ``[B, R, S, *]`` tensor) and recomputes every sample in
     the backward; its plane gradient is summed with atomics, so its last bits are not deterministic on GPU.
     """
     op = "render_rays"

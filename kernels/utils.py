@@ -31,7 +31,7 @@ def interpreter_enabled() -> bool:
 
 
 def use_triton(impl: str, *tensors: torch.Tensor | None, op: str) -> bool:
-    """The single dispatch rule of DESIGN.md section 4.
+    """The single dispatch rule (docs/design.md, "Dispatch").
 
     ``auto`` runs Triton when every tensor is on CUDA (and Triton is installed), the reference otherwise;
     ``triton`` forces Triton and fails loudly when it cannot run; ``reference`` forces the reference.

@@ -6,7 +6,7 @@
 - :mod:`~export3d.model.generator`: the hybrid tri-plane generator; :mod:`~export3d.model.blocks`,
   :mod:`~export3d.model.layers` and :mod:`~export3d.model.attention` are its building blocks.
 - :mod:`~export3d.model.render`: ray sampling, decoding and compositing of tri-planes (the camera convention
-  itself is :mod:`export3d.utils.cameras`).
+  itself is :mod:`export3d.cameras`).
 - :mod:`~export3d.model.superres`: super-resolution; :mod:`~export3d.model.discriminator`: the GAN critic.
 
 Imports only ``export3d.kernels`` and ``export3d.utils`` from the rest of the package.

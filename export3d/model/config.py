@@ -1,6 +1,6 @@
 """Model configuration: frozen dataclasses and the two presets, ``paper`` (256 px) and ``tiny`` (64 px).
 
-Every number of DESIGN.md section 5 is a field here, with where it comes from. Resolutions that the
+Every model number of docs/design.md, "Numbers", is a field here, with where it comes from. Resolutions that the
 paper ties to the image size are derived, not stored, so that one override (``image_size``) keeps the
 model consistent: the tri-plane is ``H/2 x W/2`` (paper Eq. 4), the rendered raw image ``H/4 x W/4``
 (paper Sec. 3.3), the ViT tokens ``H/16 x W/16`` (``H*W/2^8`` tokens, paper Sec. 3.2).
@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-IMPLS = ("reference", "fast")  # the whole-model switch of DESIGN.md section 5
+IMPLS = ("reference", "fast")  # the whole-model switch (docs/design.md, "Dispatch")
 EXPRESSION_ENCODERS = ("lebs", "direct")  # f_e = LeBS (paper) | "direct": beta itself conditions G (Table 3 ablation)
 KERNEL_IMPLS = ("auto", "triton", "reference")  # export3d.kernels dispatch, see kernels/utils.py
 # How the expression code enters the conditional ViT blocks: "eadaln" (paper) or "cross_attention" (Table 4 ablation)
@@ -80,7 +80,7 @@ class RenderConfig:
     ray_start: float = 2.25  # near depth (EG3D FFHQ)
     ray_end: float = 3.3  # far depth (EG3D FFHQ)
     box_warp: float = 1.0  # the tri-plane spans [-box_warp/2, box_warp/2]^3
-    axes: str = "xyz"  # plane projection mode of triplane_sample (DESIGN.md section 3)
+    axes: str = "xyz"  # plane projection mode of triplane_sample (docs/design.md, "Tri-planes")
     density_bias: float = -1.0  # EG3D softplus(sigma - 1)
     white_back: bool = False  # EG3D FFHQ renders without a white background
     decoder_hidden: int = 64  # decoder MLP: mean-of-planes C -> FC 64 -> softplus -> heads

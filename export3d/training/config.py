@@ -1,6 +1,6 @@
 """Training configuration: a frozen dataclass and ``TRAIN_PRESETS`` (``paper``, ``tiny``).
 
-The paper's recipe (DESIGN.md section 6, paper Sec. 3.4 and supp. 6.4): CLeBS pre-training 60k steps
+The paper's recipe (docs/design.md, "Training"; paper supp. 6.3 and 6.4): CLeBS pre-training 60k steps
 (Adam 1e-4, 1 positive + 32 negatives, tau 0.07), reconstruction 300k steps (Adam 1e-4, batch 8),
 then 10k steps with ``0.01 * L_adv`` (discriminator Adam 1e-5, R1). The ``tiny`` preset keeps the
 recipe's structure but shrinks everything so that the whole run takes minutes on a 2-core CPU.
