@@ -50,6 +50,7 @@ from export3d.evaluation.animation import (
 from export3d.evaluation.loading import load_model
 from export3d.model import Export3D
 from export3d.model.config import PRESETS
+from export3d.utils.cli import add_debug_flag, run_command
 from export3d.utils.distributed import resolve_device
 from export3d.utils.images import make_grid, save_png
 from export3d.utils.outputs import check_output_file, check_output_folder, replacing_file, replacing_folder
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help="fail unless the checkpoint holds this preset")
     p.add_argument("--resolution", type=int, help="fail unless the checkpoint's model has this image size")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_flag(p)
     return p
 
 
@@ -207,12 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} must be >= 1, got {value}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        animate(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:  # CheckpointError is a RuntimeError
-        print(f"export3d.animate: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    # Exit status 2 for a bad input (CheckpointError is a RuntimeError), 4 for a device or kernel failure such
+    # as CUDA out of memory (export3d.utils.cli), reported with its type; --debug adds the traceback.
+    return run_command("export3d.animate", animate, args, user_errors=(ValueError, OSError, RuntimeError))
 
 
 if __name__ == "__main__":

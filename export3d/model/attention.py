@@ -4,7 +4,8 @@ Backends:
 
 - ``"xformers"``: ``xformers.ops.memory_efficient_attention``; used by ``"auto"`` only when the tensors
   are on CUDA and xformers imports. xformers is imported lazily, on the first CUDA call, never at
-  module import (its CPU build has no kernels, and importing it is slow).
+  module import (its CPU build has no kernels, and importing it is slow). An installed xformers that fails to
+  import is a ``RuntimeWarning`` naming the error (:func:`xformers_available`).
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (``"auto"`` everywhere else).
 - ``"math"``: the explicit ``softmax(q k^T / sqrt(d)) v`` in fp32, the oracle of ``impl="reference"``.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +29,33 @@ last_backend: str | None = None  # backend of the most recent attention() call
 _xformers_ok: bool | None = None  # cached result of the lazy import
 
 
+def _not_installed(exc: Exception) -> bool:
+    """True when ``exc`` says only that xformers itself is absent (the usual case on CPU-only installs)."""
+    return isinstance(exc, ModuleNotFoundError) and exc.name == "xformers"
+
+
 def xformers_available() -> bool:
-    """True when ``xformers.ops`` imports. Imports it on the first call only."""
+    """True when ``xformers.ops`` imports. Imports it on the first call only (only CUDA calls get here).
+
+    xformers not installed is expected and logged at INFO. Any other failure of the import (a build for another
+    torch or CUDA, a missing shared library or dependency, an error raised while it loads) means xformers is
+    installed but broken, which silently costs speed and memory on a GPU: it is a ``RuntimeWarning`` that names
+    the error (type and message) and the backend used instead, once per process.
+    """
     global _xformers_ok
     if _xformers_ok is None:
         try:
             import xformers.ops  # noqa: F401 - probe only
 
             _xformers_ok = True
-        except Exception as exc:  # ImportError, or a broken build raising at import
-            log.info("xformers unavailable (%s); attention uses scaled_dot_product_attention", exc)
+        except Exception as exc:  # noqa: BLE001 - a broken build raises anything at import; reported below
             _xformers_ok = False
+            if _not_installed(exc):
+                log.info("xformers is not installed; attention uses torch's scaled_dot_product_attention ('sdpa')")
+            else:
+                warnings.warn(f"xformers is installed but importing xformers.ops failed ({type(exc).__name__}: "
+                              f"{exc}); attention uses torch's scaled_dot_product_attention ('sdpa') instead of "
+                              "xformers' memory_efficient_attention", RuntimeWarning, stacklevel=2)  # fmt: skip
     return _xformers_ok
 
 

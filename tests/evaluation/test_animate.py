@@ -4,11 +4,18 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from export3d.animate import main
+from export3d.cameras import orbit_camera
 from export3d.data import SyntheticClips, SyntheticConfig
 from export3d.data.clips import write_clip
+from export3d.evaluation.animation import orbit_cameras
+from export3d.evaluation.loading import load_model
+from export3d.model import Export3D
+from export3d.utils.cli import EXIT_DEVICE_ERROR
+from export3d.utils.images import load_image, to_uint8
 from tests.evaluation.test_evaluate import write_checkpoint
 
 
@@ -195,3 +202,86 @@ def test_bad_numbers_are_refused_by_name(run, rgba_image, tmp_path, capsys, flag
     assert code == 2 and "--video-size: 40000 must be a multiple of 16 (H.264 macroblocks) from 16 to 4096" in \
         capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------- frames = model.render
+def _png_frames(folder) -> torch.Tensor:
+    """The PNG frames ``--frames`` wrote, in order -> uint8 ``[T, H, W, 3]``."""
+    return torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]))
+
+
+def _rendered(model, source, codes, cameras) -> torch.Tensor:
+    """``model.render`` of frame t's own tri-plane and camera, one frame at a time, quantised like the PNGs."""
+    with torch.no_grad():
+        frames = [model.render(model.generate_triplane(source[None], codes[t:t + 1]), cameras[t:t + 1]).image[0]
+                  for t in range(cameras.shape[0])]  # fmt: skip
+    return torch.from_numpy(to_uint8(torch.stack(frames)))
+
+
+@pytest.mark.parametrize("mode", ["orbit", "clip"])
+def test_every_frame_is_the_render_of_its_own_camera(run, rgba_image, tmp_path, mode):
+    """Each PNG frame equals ``model.render`` of the same tri-plane from that frame's camera (orbit: one shared
+    tri-plane; clip: one per expression), across render chunks of 2. A renderer that reused the first camera (of
+    the clip or of a chunk) for every frame fails: its frames are computed here and must differ."""
+    T = 5
+    if mode == "orbit":
+        cameras = orbit_cameras(T, 30.0, 15.0)  # animate's --yaw / --pitch defaults
+        betas = torch.zeros(T, 64)  # an image source: the neutral expression
+        flags = ["--orbit", "--num-frames", str(T)]
+    else:
+        clips = SyntheticClips(SyntheticConfig(resolution=32, test_identities=1, clips_per_identity=1,
+                                               frames_per_clip=T), "test")  # fmt: skip
+        data = clips.load([(0, range(T))])[0]
+        # the clip's own head poses barely move this untrained model's render: sweep the cameras wider
+        sweep = orbit_camera(torch.linspace(-0.6, 0.6, T), torch.linspace(0.25, -0.25, T))  # yaw, pitch (rad)
+        write_clip(tmp_path / "clip", data["image"], data["beta"], sweep)
+        with np.load(tmp_path / "clip" / "params.npz") as params:  # what animate reads
+            betas, cameras = torch.from_numpy(params["expression"]), torch.from_numpy(params["camera"])
+        flags = ["--driving", str(tmp_path / "clip")]
+    assert (cameras[1:] - cameras[0]).abs().amax(dim=1).min() > 1e-3, "every frame's camera must differ from the first"
+    code, _ = _animate(run, tmp_path, *flags, "--frames", "--batch-size", "2", source=rgba_image)
+    assert code == 0
+    written = _png_frames(tmp_path / "out_frames")
+    model, _, _ = load_model(run, torch.device("cpu"), None, None)
+    source = load_image(rgba_image, model.config.image_size)
+    with torch.no_grad():
+        codes = model.encode_expression(betas)
+    expected = _rendered(model, source, codes, cameras)
+    assert written.shape == expected.shape == (T, 32, 32, 3)
+    # one frame per batch element vs a batch of cameras: float noise may move a rare pixel across a rounding step
+    torch.testing.assert_close(written.int(), expected.int(), atol=1, rtol=0)
+    assert (written != expected).float().mean() < 0.01
+    first_camera = _rendered(model, source, codes, cameras[:1].expand(T, -1))
+    for t in range(1, T):  # reusing camera 0 would change most pixels: far beyond the tolerance above
+        assert (first_camera[t] != written[t]).float().mean() > 0.2, f"frame {t} looks the same from camera 0"
+
+
+# ----------------------------------------------------------------------------------------------- device errors
+def _out_of_memory(self, triplane, camera):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+
+
+def _triton_out_of_resources(self, triplane, camera):
+    from triton.runtime.errors import OutOfResources
+
+    raise OutOfResources(232448, 101376, "shared memory")
+
+
+@pytest.mark.parametrize("render, shown", [
+    (_out_of_memory, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (injected)"),
+    (_triton_out_of_resources, "triton.runtime.errors.OutOfResources: out of resource: shared memory"),
+])  # fmt: skip
+def test_a_device_failure_names_its_type_and_debug_prints_the_traceback(run, rgba_image, tmp_path, monkeypatch,
+                                                                        capsys, render, shown):  # fmt: skip
+    monkeypatch.setattr(Export3D, "render", render)
+    code, out = _animate(run, tmp_path, "--orbit", "--num-frames", "2", source=rgba_image)
+    captured = capsys.readouterr()
+    assert code == EXIT_DEVICE_ERROR and code not in (0, 2)
+    assert f"export3d.animate: error: {shown}" in captured.err
+    assert "Traceback" not in captured.err and "--debug prints the full traceback" in captured.err
+    assert "wrote" not in captured.out and not out.exists()
+    code, _ = _animate(run, tmp_path, "--orbit", "--num-frames", "2", "--debug", source=rgba_image)
+    err = capsys.readouterr().err
+    assert code == EXIT_DEVICE_ERROR
+    assert "Traceback (most recent call last)" in err and f"in {render.__name__}" in err and "in render_frames" in err
+    assert err.index("Traceback") < err.index(f"export3d.animate: error: {shown}")
