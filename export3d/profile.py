@@ -53,6 +53,7 @@ from pathlib import Path
 from export3d.profiling.nvml import NVML_NO_GPU
 from export3d.profiling.stages import INFERENCE_STAGES, TRAIN_STAGES, StageTimer
 from export3d.profiling.workload import ProfileOptions, run
+from export3d.utils.cli import add_debug_flag, run_command
 from export3d.utils.distributed import resolve_device
 from export3d.utils.outputs import atomic_write_bytes, check_output_file
 
@@ -128,10 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights (default: 0)")
     p.add_argument("--json", dest="json_path", default=None, metavar="OUT", help="write the report as JSON")
     p.add_argument("--trace", dest="trace_path", default=None, metavar="OUT.json", help="write a Chrome trace")
+    add_debug_flag(p)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> ProfileOptions:
+    return _parse(argv)[0]
+
+
+def _parse(argv: list[str] | None) -> tuple[ProfileOptions, argparse.Namespace]:
+    """The options of a run and the parsed flags (``--debug`` is not an option of the workload)."""
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -143,12 +150,13 @@ def parse_args(argv: list[str] | None = None) -> ProfileOptions:
         if value is not None and value < least:
             p.error(f"{flag} must be >= {least}, got {value}")
     paper = a.preset == "paper"
-    return ProfileOptions(
+    opts = ProfileOptions(
         preset=a.preset, device=a.device, impl=a.impl, compile=a.compile,
         batch=a.batch if a.batch is not None else (1 if paper else 8),
         steps=a.steps if a.steps is not None else (1 if paper else 3),
         warmup=a.warmup, threads=a.threads, seed=a.seed, json_path=a.json_path, trace_path=a.trace_path,
     )  # fmt: skip
+    return opts, a
 
 
 def _finite(obj):
@@ -162,20 +170,21 @@ def _finite(obj):
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    try:
-        for flag, path in (("--json", opts.json_path), ("--trace", opts.trace_path)):
-            if path:
-                check_output_file(path, flag)  # before the measurement, not after it
-    except ValueError as exc:
-        print(f"export3d.profile: error: {exc}", file=sys.stderr)
-        return 2
+def profile(opts: ProfileOptions) -> dict:
+    """Check the destinations, measure, print the report and write its JSON."""
+    for flag, path in (("--json", opts.json_path), ("--trace", opts.trace_path)):
+        if path:
+            check_output_file(path, flag)  # before the measurement, not after it
     report = run(opts)
     print(format_report(report), flush=True)
     if opts.json_path:
         atomic_write_bytes(Path(opts.json_path), json.dumps(_finite(report), indent=2).encode())
-    return 0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, args = _parse(argv)
+    return run_command("export3d.profile", lambda _: profile(opts), args)
 
 
 if __name__ == "__main__":

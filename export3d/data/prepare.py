@@ -28,7 +28,9 @@ from export3d.data.clips import write_clip_files
 from export3d.data.deep3d import Deep3DFormatError
 from export3d.data.face_pipeline import TooFewFaces
 from export3d.data.frames import VideoError, is_video
+from export3d.data.landmarker import MissingExtraError
 from export3d.data.manifest import PARTIAL, SPLITS_BY, finished_records, read_manifest, write_manifest
+from export3d.utils.cli import add_debug_flag, run_command
 
 VIDEO_EXPRESSION = "MediaPipe face landmarker blendshapes (face_landmarker.task)"
 DEEP3D_EXPRESSION = "Deep3DFaceRecon exp coefficients 80:144 (BFM)"
@@ -210,7 +212,7 @@ def _one_job(job: Job, cfg: PrepareConfig, out: Path, landmarker, mesh, progress
         tqdm.write(f"error: {err} (continuing with the other videos)", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export3d.data.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", help="video files (mp4, mov, ...), frame folders, or folders of them")
     p.add_argument("--out", required=True, help="output folder (the clip format; rerun to resume)")
@@ -221,15 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument("--" + field.replace("_", "-"), type=kind, default=getattr(PrepareConfig, field))
     p.add_argument("--split-by", choices=SPLITS_BY, default=PrepareConfig.split_by)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    if bool(args.inputs) == bool(args.from_deep3d):
-        p.error("give either VIDEOS_OR_FOLDERS or --from-deep3d FOLDER (one of the two)")
-    try:
-        cfg = PrepareConfig(size=args.size, min_frames=args.min_frames, every=args.every, max_frames=args.max_frames,
-                            smooth_sigma=args.smooth_sigma, split_by=args.split_by, test_fraction=args.test_fraction,
-                            min_confidence=args.min_confidence)  # fmt: skip
-    except ValueError as err:
-        p.error(str(err))
+    add_debug_flag(p)
+    return p
+
+
+def run(args: argparse.Namespace, cfg: PrepareConfig) -> dict:
+    """Prepare the inputs of ``args`` and print the summary; returns the manifest."""
     meta = prepare(args.inputs or args.from_deep3d, args.out, cfg, deep3d=bool(args.from_deep3d),
                    progress=not args.no_progress)
     frames = sum(c["frames"] for c in meta["clips"])
@@ -241,5 +240,21 @@ def main(argv: list[str] | None = None) -> dict:
     return meta
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if bool(args.inputs) == bool(args.from_deep3d):
+        p.error("give either VIDEOS_OR_FOLDERS or --from-deep3d FOLDER (one of the two)")
+    try:
+        cfg = PrepareConfig(size=args.size, min_frames=args.min_frames, every=args.every, max_frames=args.max_frames,
+                            smooth_sigma=args.smooth_sigma, split_by=args.split_by, test_fraction=args.test_fraction,
+                            min_confidence=args.min_confidence)  # fmt: skip
+    except ValueError as err:
+        p.error(str(err))
+    # a missing face-tools extra (MissingExtraError, an ImportError) is the user's to fix, with the install command
+    return run_command("export3d.data.prepare", lambda a: run(a, cfg), args,
+                       user_errors=(ValueError, OSError, MissingExtraError))  # fmt: skip
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,6 +26,8 @@ import time
 import traceback
 from pathlib import Path
 
+from export3d.utils.cli import add_debug_flag, run_command
+
 PROG = "python -m export3d.gpucheck"
 # --interpret: the tiny preset shrunk until the interpreter runs a forward + backward in seconds (every fused op
 # and code path of the model kept: EAdaLN-ViT, pixel shuffles, coarse + fine passes, super-resolution)
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", help="the GPU to check: cuda or cuda:N (default: cuda)")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for gpucheck.md and gpucheck.json")
     p.add_argument("--skip-timings", action="store_true", help="correctness checks only")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -123,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.interpret:
         torch.set_num_threads(1)
+    outcome = {}
+    status = run_command(PROG, lambda a: outcome.update(failed=check_and_report(a)), args)
+    return status if status else (1 if outcome["failed"] else 0)
+
+
+def check_and_report(args: argparse.Namespace) -> list[dict]:
+    """Run every check, write gpucheck.md / .json, print the failures and the verdict; returns the failed checks."""
     from export3d.gpucheck.report import write
 
     result = run(args)
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL {c['name']}: {c['detail']}")
     print(f"{PROG}: {'PASS' if not failed else 'FAIL'} - {len(result['checks']) - len(failed)} of "
           f"{len(result['checks'])} checks passed in {result['seconds']:.0f} s; wrote {md} and {js}")  # fmt: skip
-    return 0 if not failed else 1
+    return failed
 
 
 if __name__ == "__main__":

@@ -73,8 +73,9 @@ def test_prepare_from_deep3d_writes_a_clip_with_64d_beta(tmp_path, packed):
     angles, trans = rng.normal(0, 0.2, (T, 3)), rng.normal(0, 0.3, (T, 3))
     exp = rng.normal(0, 1, (T, 64))
     _write(tmp_path / "fits" / "alice" / "talk1", angles, trans, exp, packed)
-    meta = main(["--from-deep3d", str(tmp_path / "fits"), "--out", str(tmp_path / "clips"), "--size", "32",
-                 "--min-frames", "3", "--split-by", "none", "--no-progress"])  # fmt: skip
+    assert main(["--from-deep3d", str(tmp_path / "fits"), "--out", str(tmp_path / "clips"), "--size", "32",
+                 "--min-frames", "3", "--split-by", "none", "--no-progress"]) == 0  # fmt: skip
+    meta = json.loads((tmp_path / "clips" / "manifest.json").read_text())
     assert meta["expression_dim"] == 64 and [c["clip"] for c in meta["clips"]] == ["alice/talk1"]
     assert meta["clips"][0]["identity"] == "alice"
     params = np.load(tmp_path / "clips" / "alice" / "talk1" / "params.npz")

@@ -31,8 +31,8 @@ def prepared(tmp_path_factory):
     write_astronaut_frames(videos / "short", frames=6)  # fewer than --min-frames
     (videos / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(2048))
     out = root / "clips"
-    main([str(videos), "--out", str(out), "--size", str(SIZE), "--min-frames", "8", "--split-by", "none",
-          "--no-progress"])  # fmt: skip
+    assert main([str(videos), "--out", str(out), "--size", str(SIZE), "--min-frames", "8", "--split-by", "none",
+                 "--no-progress"]) == 0  # fmt: skip
     return videos, out, json.loads((out / "manifest.json").read_text())
 
 
