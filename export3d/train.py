@@ -95,9 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export3d.train", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=None,
                    help="model + recipe preset (default: tiny; with --resume: the run's)")  # fmt: skip
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for name, kind in TYPES.items():
-        assert name in fields and name in HELP, name
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=CHOICES.get(name),
                        help=HELP[name] + _defaults(name))  # fmt: skip
     for name in SWITCHES:

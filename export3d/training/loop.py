@@ -1,6 +1,6 @@
 """The training loop behind ``python -m export3d.train`` (the ``tiny`` preset on synthetic data by default).
 
-Three stages (paper Sec. 3.4, DESIGN.md section 6): CLeBS contrastive pre-training of the expression
+Three stages (paper Sec. 3.4; docs/design.md, "Training"): CLeBS contrastive pre-training of the expression
 encoder (then frozen), reconstruction (MSE + LPIPS on raw and final images), and reconstruction plus
 ``0.01 * L_adv`` with the camera-conditioned discriminator. Multi-GPU: ``torchrun --nproc_per_node=N
 -m export3d.train ...`` (DistributedDataParallel; ``--batch-size`` is per process; only rank 0 writes).
@@ -16,19 +16,26 @@ import contextlib
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from export3d.data import ContrastiveGroups, ReconstructionPairs
-from export3d.evaluation.metrics import build_lpips
-from export3d.evaluation.scoring import cross_identity_batches, evaluate, format_table, same_identity_batches
+from export3d.evaluation.metrics import LPIPSInfo, build_lpips
+from export3d.evaluation.scoring import (
+    EvalBatch,
+    cross_identity_batches,
+    evaluate,
+    format_table,
+    same_identity_batches,
+)
 from export3d.model import Export3D
 from export3d.model.clebs import CLeBS
-from export3d.model.config import preset
+from export3d.model.config import ModelConfig, preset
 from export3d.model.discriminator import Discriminator
 from export3d.training import runs
 from export3d.training.batches import BatchStream, build_sources
@@ -130,15 +137,67 @@ class TrainResult:
     model_ema: Export3D | None  # the weight EMA (EG3D's G_ema) that samples and metrics.json use; None when off
 
 
-# ----------------------------------------------------------------------------------------------- main
-def main(cfg: TrainConfig) -> TrainResult:
-    dist = init_distributed(cfg.device)
-    device = dist.device
-    if cfg.amp and device.type != "cuda":
-        raise ValueError(f"--amp runs bf16 autocast on CUDA; this run is on {device}")
+# ----------------------------------------------------------------------------------------------- one run
+@dataclass
+class Run:
+    """One training run: what :func:`start_run` built, and how far it has got. The steps of :func:`main` share it.
+
+    ``state`` (and the optimisers, weights and RNG) is what a checkpoint saves; ``last_saved`` names the newest
+    checkpoint folder, which is always a finite state (a divergence message points to it).
+    """
+
+    cfg: TrainConfig
+    dist: DistInfo
+    out: Path  # the run folder (only rank 0 writes into it)
+    model_cfg: ModelConfig
+    test_src: object  # the held-out source (synthetic or a clip folder): sample grids and metrics.json
+    pairs: ReconstructionPairs  # what the reconstruction and adversarial stages train on
+    groups: ContrastiveGroups  # what the CLeBS stage trains on
+    model: Export3D
+    clebs: CLeBS
+    disc: Discriminator
+    lpips_model: nn.Module
+    lpips_info: LPIPSInfo
+    optimisers: dict[str, torch.optim.Optimizer]  # "clebs", "generator", "discriminator"
+    autocast: contextlib.AbstractContextManager  # bf16 autocast with --amp, else a no-op
+    # stage, stage_step (steps done in it), step (steps done in all), positions (BatchStream position per stage)
+    state: dict
+    ema: WeightEMA | None = None  # None with --ema-half-life-images 0
+    logger: RunLogger | None = None  # set by start_run once the run folder is written
+    samples: list[EvalBatch] = field(default_factory=list)  # the held-out rows of every sample grid
+    last_saved: Path | None = None  # the newest checkpoint folder (None: none written or resumed yet)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "clebs": self.clebs, "discriminator": self.disc}
+
+    @property
+    def averaged(self) -> Export3D | None:
+        """The weight EMA's model (EG3D's G_ema), or None when the EMA is off."""
+        return self.ema.module if self.ema is not None else None
+
+    @property
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """The weights a checkpoint holds: the modules, plus ``model_ema`` when the EMA is on."""
+        return {**self.modules, "model_ema": self.averaged} if self.averaged is not None else self.modules
+
+    @property
+    def shown(self) -> Export3D:
+        """The weights that sample grids and metrics.json use: the EMA when it is on, else the trained ones."""
+        return self.averaged if self.averaged is not None else self.model
+
+    def result(self, metrics: dict | None) -> TrainResult:
+        return TrainResult(self.out, metrics, self.model, self.disc, self.averaged)
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+def resolve_output(cfg: TrainConfig) -> tuple[Path, Path | None, str | None]:
+    """(output folder, resumed run folder or None, checkpoint to load or None), after every check of the folders
+    and of a resume's settings, before anything is written. A resumed run without a checkpoint yet loads nothing:
+    it starts again from step 0 with its saved settings."""
     out = Path(cfg.out)
     run = resume_from = None
-    if cfg.resume is not None:  # every check before anything is written
+    if cfg.resume is not None:
         run = runs.run_folder(cfg.resume)
         if out.resolve() == Path(cfg.resume).resolve():
             out = run  # --resume RUN/checkpoints/step_X continues writing into RUN
@@ -146,18 +205,18 @@ def main(cfg: TrainConfig) -> TrainResult:
         resume_from = cfg.resume if runs.has_checkpoint(run) else None
     if run is None or out.resolve() != run.resolve():
         runs.check_new_output(out)
-    torch.manual_seed(cfg.seed * 1000 + dist.rank)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    return out, run, resume_from
 
-    # data, model, losses, optimisers
+
+def build_run(cfg: TrainConfig, dist: DistInfo, out: Path) -> Run:
+    """Data, models, LPIPS and optimisers at step 0; the models draw their initial weights from the global RNG,
+    which the caller has seeded."""
+    device = dist.device
     model_cfg = preset(cfg.preset, **model_overrides(cfg))
     train_src, test_src = build_sources(cfg, model_cfg.image_size)
     if train_src.expression_dim != model_cfg.expression_dim:  # E belongs to the data: 52 for MediaPipe blendshapes
-        model_cfg = dataclasses.replace(model_cfg, lebs=dataclasses.replace(model_cfg.lebs,
-                                                                            expression_dim=train_src.expression_dim))
+        lebs = dataclasses.replace(model_cfg.lebs, expression_dim=train_src.expression_dim)
+        model_cfg = dataclasses.replace(model_cfg, lebs=lebs)
     pairs = ReconstructionPairs(train_src, seed=cfg.seed)
     groups = ContrastiveGroups(train_src, k=cfg.clebs_negatives, groups_per_clip=8, seed=cfg.seed)
     model = Export3D(model_cfg).to(device)
@@ -166,182 +225,302 @@ def main(cfg: TrainConfig) -> TrainResult:
     lpips_model, lpips_info = build_lpips(cfg.vgg_weights)
     lpips_model.to(device)
     adam = dict(betas=cfg.betas)
-    opt_c = torch.optim.Adam(clebs.parameters(), lr=cfg.clebs_lr, **adam)
     # f_e joins the generator optimiser only when it is trained end to end ("lebs"; "direct" has no parameters)
     trained_fe = cfg.expression_encoder != "clebs"
-    opt_g = torch.optim.Adam([p for n, p in model.named_parameters() if trained_fe or not n.startswith("lebs.")],
-                             lr=cfg.lr, **adam)  # fmt: skip
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, **adam)
-    modules = {"model": model, "clebs": clebs, "discriminator": disc}
-    optimisers = {"clebs": opt_c, "generator": opt_g, "discriminator": opt_d}
+    generator = [p for n, p in model.named_parameters() if trained_fe or not n.startswith("lebs.")]
+    optimisers = {"clebs": torch.optim.Adam(clebs.parameters(), lr=cfg.clebs_lr, **adam),
+                  "generator": torch.optim.Adam(generator, lr=cfg.lr, **adam),
+                  "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, **adam)}  # fmt: skip
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
     state = {"stage": STAGES[0], "stage_step": 0, "step": 0, "positions": {}}
+    return Run(cfg, dist, out, model_cfg, test_src, pairs, groups, model, clebs, disc, lpips_model, lpips_info,
+               optimisers, autocast, state)  # fmt: skip
 
-    if resume_from is not None:
-        weights, saved, folder = load_checkpoint(resume_from)
-        for name, module in modules.items():
-            module.load_state_dict(weights[name])
-        for name, opt in optimisers.items():
-            opt.load_state_dict(saved["optimisers"][name])
-        state = {k: saved[k] for k in state}
-        restore_rng(saved["rng"], dist)
-        if dist.is_main:
-            print(f"resumed from {folder} at step {state['step']} ({state['stage']} step {state['stage_step']})")
-    elif cfg.resume is not None and dist.is_main:
-        print(f"{run} has no checkpoint yet: starting it again from step 0 with its saved settings")
-    if dist.distributed:
+
+def load_resumed(run: Run, resume_from: str) -> tuple[dict[str, dict[str, torch.Tensor]], Path]:
+    """Weights, optimiser states, progress and every rank's RNG from a checkpoint; returns its weights and folder."""
+    weights, saved, folder = load_checkpoint(resume_from)
+    for name, module in run.modules.items():
+        module.load_state_dict(weights[name])
+    for name, opt in run.optimisers.items():
+        opt.load_state_dict(saved["optimisers"][name])
+    run.state = {k: saved[k] for k in run.state}
+    restore_rng(saved["rng"], run.dist)
+    if run.dist.is_main:
+        state = run.state
+        print(f"resumed from {folder} at step {state['step']} ({state['stage']} step {state['stage_step']})")
+    return weights, folder
+
+
+def write_run_folder(run: Run, restart: bool) -> None:
+    """Rank 0 writes the settings and cuts the log back to the current step, once every rank has checked the folder
+    and built everything. ``restart``: a resumed run that has no checkpoint yet loses its logs and samples."""
+    if run.dist.distributed:
         torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
-    if dist.is_main:  # the run folder is known to be valid (or new) and everything has been built: write
-        if cfg.resume is not None and resume_from is None and out.resolve() == run.resolve():
-            runs.restart_empty_run(out)
-        runs.truncate_log(out, state["step"])
-        runs.write_config(out, cfg)
-    if STAGES.index(state["stage"]) > 0 and cfg.expression_encoder == "clebs":
-        model.freeze_expression_encoder()
-    ema = WeightEMA(model, cfg.ema_half_life_images, cfg.ema_rampup) if cfg.ema_half_life_images > 0 else None
-    if ema is not None and resume_from is not None:
+    if run.dist.is_main:
+        if restart:
+            runs.restart_empty_run(run.out)
+        runs.truncate_log(run.out, run.state["step"])
+        runs.write_config(run.out, run.cfg)
+
+
+def build_ema(run: Run, weights: dict[str, dict[str, torch.Tensor]], folder: Path | None) -> WeightEMA | None:
+    """The weight EMA (None when off): a copy of the model as it is now, or the resumed checkpoint's ``model_ema``.
+    ``folder``: the resumed checkpoint, whose ``weights`` are given (None for a run from step 0)."""
+    cfg = run.cfg
+    if cfg.ema_half_life_images <= 0:
+        return None
+    ema = WeightEMA(run.model, cfg.ema_half_life_images, cfg.ema_rampup)
+    if folder is not None:
         if "model_ema" in weights:
             ema.module.load_state_dict(weights["model_ema"])
-        elif dist.is_main:
+        elif run.dist.is_main:
             print(f"note: {folder} holds no weight EMA (model_ema); it restarts from the trained weights")
-    averaged = ema.module if ema is not None else None
-    saved_modules = {**modules, "model_ema": averaged} if averaged is not None else modules
-    shown = averaged if averaged is not None else model  # what samples and metrics.json use
+    return ema
 
+
+def start_run(cfg: TrainConfig) -> Run:
+    """Set-up, in this order: resolve the output and the resume (writing nothing until all checks pass), seed,
+    build, load a resumed checkpoint, write the run folder, freeze f_e past the CLeBS stage, the weight EMA,
+    the logger and the fixed sample rows."""
+    dist = init_distributed(cfg.device)
+    if cfg.amp and dist.device.type != "cuda":
+        raise ValueError(f"--amp runs bf16 autocast on CUDA; this run is on {dist.device}")
+    out, resumed, resume_from = resolve_output(cfg)
+    torch.manual_seed(cfg.seed * 1000 + dist.rank)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    run = build_run(cfg, dist, out)
+    weights, folder = {}, None
+    if resume_from is not None:
+        weights, folder = load_resumed(run, resume_from)
+    elif cfg.resume is not None and dist.is_main:
+        print(f"{resumed} has no checkpoint yet: starting it again from step 0 with its saved settings")
+    write_run_folder(run, restart=cfg.resume is not None and resume_from is None and out.resolve() == resumed.resolve())
+    if STAGES.index(run.state["stage"]) > 0 and cfg.expression_encoder == "clebs":
+        run.model.freeze_expression_encoder()
+    run.ema = build_ema(run, weights, folder)
+    run.last_saved = folder
     # TensorBoard drops the events at and after the resumed step, as log.jsonl is cut back to it
-    logger = RunLogger(out, enabled=dist.is_main, purge_step=state["step"] if resume_from is not None else None)
-    samples = same_identity_batches(test_src, 4, 4, seed=cfg.seed) + cross_identity_batches(test_src, 4, 4, cfg.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
-
-    last_saved = [folder if resume_from is not None else None]
-
-    def checkpoint() -> None:
-        for name, module in saved_modules.items():  # never save a diverged state over the last finite one
-            bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
-            if bad:
-                diverged(f"{name}.{bad[0]} holds NaN or Inf values", 0)
-        payload = {**state, "optimisers": {k: o.state_dict() for k, o in optimisers.items()}, "rng": gather_rng(dist),
-                   "config": cfg.to_dict(), "lpips": dataclasses.asdict(lpips_info)}  # fmt: skip
-        if dist.is_main:
-            last_saved[0] = save_checkpoint(out / "checkpoints", state["step"], saved_modules, payload,
-                                            meta={"model_config": dataclasses.asdict(model_cfg),
-                                                  "train_config": cfg.to_dict()})  # fmt: skip
-
-    def diverged(what: str, ahead: int) -> None:
-        """``ahead``: 1 when the step being taken (not yet counted in ``state``) diverged."""
-        kept = f"the last finite checkpoint is {last_saved[0]}" if last_saved[0] else "no checkpoint was written"
-        raise runs.TrainingDiverged(f"training diverged in step {state['step'] + ahead} ({state['stage']} step "
-                                    f"{state['stage_step'] + ahead}): {what}; it was not saved, {kept}. "
-                                    "Lower --lr / --adv-weight or check the data.")  # fmt: skip
-
+    run.logger = RunLogger(out, enabled=dist.is_main, purge_step=run.state["step"] if folder is not None else None)
+    run.samples = (same_identity_batches(run.test_src, 4, 4, seed=cfg.seed)
+                   + cross_identity_batches(run.test_src, 4, 4, cfg.seed))  # fmt: skip
     if dist.is_main:
-        print(f"export3d.train: preset {cfg.preset}, {cfg.data} data, device {device}, {dist.world_size} process(es); "
-              f"{lpips_info.describe()}", flush=True)  # fmt: skip
+        print(f"export3d.train: preset {cfg.preset}, {cfg.data} data, device {dist.device}, {dist.world_size} "
+              f"process(es); {run.lpips_info.describe()}", flush=True)  # fmt: skip
+    return run
 
-    # the three stages; Ctrl-C and SIGTERM both write a checkpoint before exiting
-    restore_handlers = catch_sigterm()
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def checkpoint(run: Run) -> None:
+    """Save the weights, optimisers, progress and RNG of every rank (all ranks call it; rank 0 writes). A state
+    holding NaN or Inf is never saved over the last finite one: that is a divergence."""
+    for name, module in run.saved_modules.items():
+        bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            diverged(run, f"{name}.{bad[0]} holds NaN or Inf values", 0)
+    payload = {
+        **run.state,
+        "optimisers": {k: o.state_dict() for k, o in run.optimisers.items()},
+        "rng": gather_rng(run.dist),
+        "config": run.cfg.to_dict(),
+        "lpips": dataclasses.asdict(run.lpips_info),
+    }
+    if run.dist.is_main:
+        meta = {"model_config": dataclasses.asdict(run.model_cfg), "train_config": run.cfg.to_dict()}
+        run.last_saved = save_checkpoint(run.out / "checkpoints", run.state["step"], run.saved_modules, payload,
+                                         meta=meta)  # fmt: skip
+
+
+def diverged(run: Run, what: str, ahead: int) -> NoReturn:
+    """Raise :class:`runs.TrainingDiverged` naming the step, ``what`` went wrong and the last finite checkpoint.
+    ``ahead``: 1 when the step being taken (not yet counted in ``run.state``) diverged."""
+    state, last = run.state, run.last_saved
+    kept = f"the last finite checkpoint is {last}" if last else "no checkpoint was written"
+    raise runs.TrainingDiverged(f"training diverged in step {state['step'] + ahead} ({state['stage']} step "
+                                f"{state['stage_step'] + ahead}): {what}; it was not saved, {kept}. "
+                                "Lower --lr / --adv-weight or check the data.")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def stop_reached(run: Run) -> bool:
+    """``--stop-after`` steps are done."""
+    return run.cfg.stop_after is not None and run.state["step"] >= run.cfg.stop_after
+
+
+def stage_networks(run: Run, stage: str) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
+    """(CLeBS clip objective, generator, discriminator) of ``stage``, wrapped for DDP in multi-process runs; the
+    generator and discriminator are None in stages that do not train them."""
+    net_c, net_g, net_d = wrap(ClipObjective(run.clebs), run.dist), None, None
+    if stage != "clebs":
+        net_g, net_d = wrap(run.model, run.dist), wrap(run.disc, run.dist) if stage == "adversarial" else None
+    return net_c, net_g, net_d
+
+
+def train_stage(run: Run, stage: str) -> None:
+    """The remaining steps of ``stage``, with logging, sample grids and periodic checkpoints. Returns after the
+    stage's last step or at ``--stop-after``; the caller saves either once."""
+    cfg, state = run.cfg, run.state
+    if state["stage"] != stage:
+        state.update(stage=stage, stage_step=0)
+    total = cfg.steps(stage)
+    data, batch_size = (run.groups, cfg.clebs_clips) if stage == "clebs" else (run.pairs, cfg.batch_size)
+    stream = BatchStream(data, batch_size, cfg.seed + STAGES.index(stage), run.dist, cfg.workers,
+                         state["positions"].get(stage, (0, 0)))  # fmt: skip
+    nets = stage_networks(run, stage)
+    if stage != "clebs" and run.ema is not None and generator_images(state, cfg, run.dist) == 0:
+        run.ema.reset(run.model)  # the average starts from the weights DDP has just made equal on every rank
+    progress = Progress(stage, state["stage_step"], total, enabled=run.dist.is_main, log_every=cfg.log_every)
     try:
-        for stage in STAGES[STAGES.index(state["stage"]) :]:
-            if state["stage"] != stage:
-                state.update(stage=stage, stage_step=0)
-            total = cfg.steps(stage)
-            stream = BatchStream(groups if stage == "clebs" else pairs, cfg.clebs_clips if stage == "clebs"
-                                 else cfg.batch_size, cfg.seed + STAGES.index(stage), dist, cfg.workers,
-                                 state["positions"].get(stage, (0, 0)))  # fmt: skip
-            net_c, net_g, net_d = wrap(ClipObjective(clebs), dist), None, None
-            if stage != "clebs":
-                net_g, net_d = wrap(model, dist), wrap(disc, dist) if stage == "adversarial" else None
-                if ema is not None and generator_images(state, cfg, dist) == 0:
-                    ema.reset(model)  # the average starts from the weights DDP has just made equal on every rank
-            progress = Progress(stage, state["stage_step"], total, enabled=dist.is_main, log_every=cfg.log_every)
-            while state["stage_step"] < total:
-                t0 = time.perf_counter()
-                batch = {k: v.to(device) for k, v in stream.next().items()}
-                if stage == "clebs":
-                    loss = net_c(batch["images"], batch["beta"])
-                    opt_c.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt_c.step()
-                    logs = {"infonce": loss.item()}
-                    images = batch["images"].shape[0] * batch["images"].shape[1]
-                else:
-                    logs = train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg,
-                                                state["stage_step"], autocast)  # fmt: skip
-                    average_buffers(model, dist)
-                    images = batch["source"].shape[0]
-                bad = runs.non_finite(logs)
-                if bad:
-                    diverged(f"{bad[0]} = {logs[bad[0]]} (logged values: {', '.join(bad)} non-finite)", 1)
-                state["stage_step"] += 1
-                if ema is not None and stage != "clebs":
-                    ema.update(model, generator_images(state, cfg, dist), images * dist.world_size)
-                state["step"] += 1
-                state["positions"][stage] = stream.position
-                dt = time.perf_counter() - t0
-                logs.update(step_time=dt, images_per_s=images * dist.world_size / dt, lr=optimisers[
-                    "clebs" if stage == "clebs" else "generator"].param_groups[0]["lr"])  # fmt: skip
-                progress.update(state["stage_step"], {"loss": logs.get("loss", logs.get("infonce")),
-                                                      "img/s": round(logs["images_per_s"], 1)})  # fmt: skip
-                if state["stage_step"] % cfg.log_every == 0 or state["stage_step"] == total:
-                    logger.scalars(state["step"], stage, logs)
-                if stage != "clebs" and dist.is_main and (state["stage_step"] % cfg.sample_every == 0
-                                                          or state["stage_step"] == total):  # fmt: skip
-                    grid = sample_grid(shown, samples, device)
-                    save_png(grid, out / "samples" / f"{stage}_{state['stage_step']:06d}.png")
-                    save_png(grid, out / "samples" / "latest.png")
-                    logger.image(state["step"], f"{stage}/samples", grid)
-                stop = cfg.stop_after is not None and state["step"] >= cfg.stop_after
-                if state["stage_step"] % cfg.ckpt_every == 0 and state["stage_step"] < total and not stop:
-                    checkpoint()  # a stage's last step and a --stop-after step are saved once, after the loop
-                if stop:
-                    break
-            progress.close()
-            if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
-                checkpoint()
-                if dist.is_main:
-                    print(f"stopped after step {state['step']} (--stop-after); continue with --resume {out}")
-                logger.close()
-                shutdown(dist)
-                return TrainResult(out, None, model, disc, averaged)
-            if stage == "clebs" and cfg.expression_encoder == "clebs":  # f_e kept and frozen, f_I discarded (Sec. 3.1)
-                model.lebs.load_state_dict(clebs.lebs.state_dict())
-                model.freeze_expression_encoder()
-            checkpoint()
+        while state["stage_step"] < total:
+            t0 = time.perf_counter()
+            logs, images = take_step(run, stage, stream, *nets)
+            report_step(run, stage, total, progress, logs, images, time.perf_counter() - t0)
+            stop = stop_reached(run)
+            if state["stage_step"] % cfg.ckpt_every == 0 and state["stage_step"] < total and not stop:
+                checkpoint(run)  # a stage's last step and a --stop-after step are saved once, after the loop
+            if stop:
+                break
     except runs.TrainingDiverged:
         progress.close()
-        logger.close()
-        shutdown(dist)
+        raise
+    progress.close()
+
+
+def take_step(run: Run, stage: str, stream: BatchStream, net_c: nn.Module, net_g: nn.Module | None,
+              net_d: nn.Module | None) -> tuple[dict[str, float], int]:  # fmt: skip
+    """One optimiser step of ``stage``, then the buffer average, the weight EMA and the progress counters.
+    Returns the logged values and the number of images this process trained on. A non-finite logged value
+    raises :class:`runs.TrainingDiverged` before anything is counted."""
+    cfg, dist, state, opts = run.cfg, run.dist, run.state, run.optimisers
+    batch = {k: v.to(dist.device) for k, v in stream.next().items()}
+    if stage == "clebs":
+        loss = net_c(batch["images"], batch["beta"])  # images [clips, K+1, 3, H, W], beta [clips, K+1, E]
+        opts["clebs"].zero_grad(set_to_none=True)
+        loss.backward()
+        opts["clebs"].step()
+        logs = {"infonce": loss.item()}
+        images = batch["images"].shape[0] * batch["images"].shape[1]
+    else:
+        logs = train_generator_step(net_g, net_d, run.disc, opts["generator"], opts["discriminator"], batch,
+                                    run.lpips_model, cfg, state["stage_step"], run.autocast)  # fmt: skip
+        average_buffers(run.model, dist)
+        images = batch["source"].shape[0]  # source [B, 3, H, W]
+    bad = runs.non_finite(logs)
+    if bad:
+        diverged(run, f"{bad[0]} = {logs[bad[0]]} (logged values: {', '.join(bad)} non-finite)", 1)
+    state["stage_step"] += 1
+    if run.ema is not None and stage != "clebs":
+        run.ema.update(run.model, generator_images(state, cfg, dist), images * dist.world_size)
+    state["step"] += 1
+    state["positions"][stage] = stream.position
+    return logs, images
+
+
+def report_step(run: Run, stage: str, total: int, progress: Progress, logs: dict[str, float], images: int,
+                dt: float) -> None:  # fmt: skip
+    """Progress line, log.jsonl / TensorBoard scalars every --log-every steps and at the stage end, and (rank 0,
+    generator stages) a sample grid every --sample-every steps and at the stage end. ``dt``: the step's seconds."""
+    cfg, dist, state = run.cfg, run.dist, run.state
+    optimiser = run.optimisers["clebs" if stage == "clebs" else "generator"]
+    logs.update(step_time=dt, images_per_s=images * dist.world_size / dt, lr=optimiser.param_groups[0]["lr"])
+    progress.update(state["stage_step"], {"loss": logs.get("loss", logs.get("infonce")),
+                                          "img/s": round(logs["images_per_s"], 1)})  # fmt: skip
+    end = state["stage_step"] == total
+    if state["stage_step"] % cfg.log_every == 0 or end:
+        run.logger.scalars(state["step"], stage, logs)
+    if stage != "clebs" and dist.is_main and (state["stage_step"] % cfg.sample_every == 0 or end):
+        grid = sample_grid(run.shown, run.samples, dist.device)  # [3, H', W']: a row per sample, 5 columns
+        save_png(grid, run.out / "samples" / f"{stage}_{state['stage_step']:06d}.png")
+        save_png(grid, run.out / "samples" / "latest.png")
+        run.logger.image(state["step"], f"{stage}/samples", grid)
+
+
+def end_stage(run: Run, stage: str) -> None:
+    """After a stage's last step: f_e takes the CLeBS weights and is frozen (f_I is discarded, paper Sec. 3.1)
+    when the recipe pre-trains it, then a checkpoint."""
+    if stage == "clebs" and run.cfg.expression_encoder == "clebs":
+        run.model.lebs.load_state_dict(run.clebs.lebs.state_dict())
+        run.model.freeze_expression_encoder()
+    checkpoint(run)
+
+
+# ----------------------------------------------------------------------------------------------- shutdown
+def close_run(run: Run) -> None:
+    run.logger.close()
+    shutdown(run.dist)
+
+
+def stop_early(run: Run) -> TrainResult:
+    """``--stop-after``: a checkpoint, and no evaluation; ``--resume`` continues the run."""
+    checkpoint(run)
+    if run.dist.is_main:
+        print(f"stopped after step {run.state['step']} (--stop-after); continue with --resume {run.out}")
+    close_run(run)
+    return run.result(None)
+
+
+def save_on_interrupt(run: Run, exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM (:class:`Terminated`): a checkpoint of the current step, safe from a second signal."""
+    with interrupts_ignored():
+        if run.dist.is_main:
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            print(f"\n{what}: writing a checkpoint at step {run.state['step']} before exiting", file=sys.stderr)
+        checkpoint(run)
+
+
+def held_out_metrics(run: Run) -> dict | None:
+    """Rank 0 (unless --eval-pairs 0) scores the shown weights on held-out pairs and writes metrics.json; NaN or
+    infinite values are written as null and listed under ``non_finite``."""
+    cfg = run.cfg
+    if not (run.dist.is_main and cfg.eval_pairs > 0):
+        return None
+    metrics = evaluate(run.shown, run.test_src, run.lpips_model, run.dist.device, pairs=cfg.eval_pairs,
+                       batch_size=cfg.batch_size, seed=cfg.seed)  # fmt: skip
+    metrics.update(step=run.state["step"], lpips_network=dataclasses.asdict(run.lpips_info),
+                   weights="model_ema" if run.averaged is not None else "model")  # fmt: skip
+    print(format_table(metrics))
+    metrics, bad = runs.finite_metrics(metrics)
+    if bad:
+        metrics["non_finite"] = bad
+        print(f"WARNING: metrics.json: {', '.join(bad)} came out NaN or infinite and are written as null",
+              file=sys.stderr)  # fmt: skip
+    atomic_write_json(run.out / "metrics.json", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(cfg: TrainConfig) -> TrainResult:
+    """Train the run ``cfg`` describes (or resumes) through its remaining stages, then score it on held-out data.
+
+    Ctrl-C and SIGTERM write a checkpoint of the current step and re-raise; ``--stop-after`` returns after a
+    checkpoint, without evaluation (``metrics`` None); a non-finite step raises :class:`runs.TrainingDiverged`.
+    """
+    run = start_run(cfg)
+    restore_handlers = catch_sigterm()
+    try:
+        for stage in STAGES[STAGES.index(run.state["stage"]) :]:
+            train_stage(run, stage)
+            if stop_reached(run):
+                return stop_early(run)
+            end_stage(run, stage)
+    except runs.TrainingDiverged:
+        close_run(run)
         raise
     except KeyboardInterrupt as exc:
-        with interrupts_ignored():
-            if dist.is_main:
-                what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-                print(f"\n{what}: writing a checkpoint at step {state['step']} before exiting", file=sys.stderr)
-            checkpoint()
-        logger.close()
-        shutdown(dist)
+        save_on_interrupt(run, exc)
+        close_run(run)
         raise
     finally:
         restore_handlers()
-
-    # held-out evaluation
-    metrics = None
-    if dist.is_main and cfg.eval_pairs > 0:
-        metrics = evaluate(shown, test_src, lpips_model, device, pairs=cfg.eval_pairs, batch_size=cfg.batch_size,
-                           seed=cfg.seed)  # fmt: skip
-        metrics.update(step=state["step"], lpips_network=dataclasses.asdict(lpips_info),
-                       weights="model_ema" if averaged is not None else "model")  # fmt: skip
-        print(format_table(metrics))
-        metrics, bad = runs.finite_metrics(metrics)
-        if bad:
-            metrics["non_finite"] = bad
-            print(f"WARNING: metrics.json: {', '.join(bad)} came out NaN or infinite and are written as null",
-                  file=sys.stderr)  # fmt: skip
-        atomic_write_json(out / "metrics.json", metrics)
-    logger.close()
-    if dist.is_main:
-        print(f"outputs: {out.resolve()} (checkpoints/, samples/latest.png, log.jsonl, tensorboard/, metrics.json)")
-    shutdown(dist)
-    return TrainResult(out, metrics, model, disc, averaged)
+    metrics = held_out_metrics(run)
+    run.logger.close()
+    if run.dist.is_main:
+        print(f"outputs: {run.out.resolve()} (checkpoints/, samples/latest.png, log.jsonl, tensorboard/, metrics.json)")
+    shutdown(run.dist)
+    return run.result(metrics)
 
 
 def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg: TrainConfig, stage_step: int,
