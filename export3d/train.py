@@ -17,8 +17,10 @@ from export3d.training import runs
 from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import main
 from export3d.utils.checkpoint import CheckpointError
+from export3d.utils.cli import add_debug_flag, is_device_error, report_error
 from export3d.utils.signals import exit_status
 
+PROG = "export3d.train"
 __all__ = ["build_parser", "cli", "parse_args"]
 
 
@@ -100,15 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help=HELP[name] + _defaults(name))  # fmt: skip
     for name in SWITCHES:
         p.add_argument("--" + name, action="store_true", default=None, help=HELP[name])
+    add_debug_flag(p)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Flags -> TrainConfig. With --resume, the run's saved settings are the base and the flags given override
     them (``main`` then refuses any override that a resumed run may not take)."""
+    return _parse(argv)[0]
+
+
+def _parse(argv: list[str] | None) -> tuple[TrainConfig, bool]:
+    """(the run's TrainConfig, --debug): --debug is how errors are shown, not a setting of the run."""
     p = build_parser()
     args = vars(p.parse_args(argv))
-    overrides = {k: v for k, v in args.items() if v is not None}
+    debug = args.pop("debug")
+    return _config(p, {k: v for k, v in args.items() if v is not None}), debug
+
+
+def _config(p: argparse.ArgumentParser, overrides: dict) -> TrainConfig:
     if "resume" in overrides:
         try:
             run = runs.run_folder(overrides["resume"])
@@ -132,17 +144,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    """Exit status: 0 done, 2 a bad input, 3 the run diverged, 4 a device or kernel failure (utils/cli.py), 130 /
+    143 Ctrl-C / SIGTERM after the checkpoint."""
+    cfg, debug = _parse(argv)
     try:
         main(cfg)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, after the checkpoint
         return exit_status(exc)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
-        print(f"export3d.train: error: {exc}", file=sys.stderr)
-        return 2
-    except runs.TrainingDiverged as exc:
-        print(f"export3d.train: error: {exc}", file=sys.stderr)
+    except runs.TrainingDiverged as exc:  # before the generic report: a RuntimeError of its own meaning
+        report_error(PROG, exc, debug)
         return 3
+    except Exception as exc:  # noqa: BLE001 - a bad input or a device error is reported; anything else re-raised
+        if is_device_error(exc) or isinstance(exc, (ValueError, OSError, CheckpointError)):
+            return report_error(PROG, exc, debug)
+        raise
     return 0
 
 
