@@ -1,4 +1,4 @@
-"""Evaluation: ``python -m export3d.evaluate --checkpoint RUN`` (paper Table 1 layout) and ``--ablation`` (Table 3).
+"""Evaluation: ``python -m export3d.evaluate --checkpoint RUN`` (paper Table 1 layout).
 
 For a checkpoint: the model is rebuilt from the checkpoint's ``meta.json`` ("model_config"), the test
 data from its "train_config" (the synthetic generator's seed and sizes) unless ``--data`` says
@@ -9,13 +9,16 @@ on beta' = encode_expression(beta), with chance level); and the paper's AKD / CS
 from offline face tools when the ``faces`` extra is installed (MediaPipe landmarks, blendshapes and PnP pose;
 dlib 68 points and face descriptor: :mod:`export3d.evaluation.face_metrics`), or from the paper's face models
 when supplied (``--landmarks-weights``, ``--identity-weights``, ``--3dmm-weights``). A column with neither
-reads "not run: <reason>", never a number. The extractor contract is in :mod:`export3d.evaluation.extractors`.
+reads "not run: <reason>", never a number. The face metrics score every method on the same pairs (those where
+every compared image has a face) and each method's face rate is a column of its own. LPIPS is named after its
+network: ``LPIPS(rand)`` / ``lpips_random_vgg`` unless ``--vgg-weights`` (or the torch hub cache) gives the real
+VGG16. The extractor contract is in :mod:`export3d.evaluation.extractors`. The ablations (paper Tables 3 and 4)
+have their own command, ``python -m export3d.ablation``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,12 +28,12 @@ from export3d.evaluation import extractors
 from export3d.evaluation.extractors import COLUMNS, HIGHER_IS_BETTER
 from export3d.evaluation.face_metrics import build_face_metrics
 from export3d.evaluation.loading import held_out_source, load_model, model_config_from_meta
-from export3d.evaluation.metrics import build_lpips
+from export3d.evaluation.metrics import LPIPSInfo, build_lpips
 from export3d.evaluation.probe import PROBES, identity_leak
 from export3d.evaluation.scoring import evaluate
 from export3d.model.config import PRESETS
-from export3d.training import ablation
 from export3d.utils.checkpoint import CheckpointError
+from export3d.utils.cli import add_debug_flag, run_command
 from export3d.utils.distributed import resolve_device
 from export3d.utils.outputs import atomic_write_json, check_output_file
 from export3d.utils.signals import exit_status
@@ -39,25 +42,49 @@ __all__ = ["format_paper_table", "held_out_source", "identity_leak", "load_model
 
 
 # ----------------------------------------------------------------------------------------------- table
-def _cell(value, metric: str) -> str:
+def _cell(value, metric: str, width: int = 8) -> str:
     if isinstance(value, str):
-        return f"{'not run':>8}"
-    return f"{value:>8.2f}" if metric == "PSNR" else f"{value:>8.3f}"
+        return f"{'not run':>{width}}"
+    return f"{value:>{width}.2f}" if metric == "PSNR" else f"{value:>{width}.3f}"
+
+
+def _faces_cell(values: dict) -> str:
+    """The face-rate column: faces found / pairs of one method (the JSON's ``face_rate`` as a fraction)."""
+    faces = values.get("faces")
+    return f"{faces['found']}/{faces['pairs']}" if faces else "-"
+
+
+def _title(setting: str, block: dict) -> str:
+    """``Same-identity (64 pairs; face metrics on 9)``: the pairs, and those the face metrics were scored on."""
+    title = f"{setting.replace('_', '-').capitalize()} ({block['pairs']} pairs"
+    scored = sorted(set((block["model"].get("faces") or {}).get("scored", {}).values()))
+    if scored:
+        title += f"; face metrics on {scored[0]}" + (f"-{scored[-1]}" if len(scored) > 1 else "")
+    return title + ")"
 
 
 def format_paper_table(result: dict) -> str:
-    """Rows = methods, column groups = same- / cross-identity (paper Table 1), then notes and the identity leak."""
-    arrow = {m: "↑" if m in HIGHER_IS_BETTER else "↓" for cols in COLUMNS.values() for m in cols}
+    """Rows = methods, column groups = same- / cross-identity (paper Table 1), then notes and the identity leak.
+
+    LPIPS is headed and read by its network's name (:class:`LPIPSInfo`); a group whose face metrics came from the
+    offline detector gets a Faces column: faces found / pairs of each method's images."""
+    lpips = LPIPSInfo(**result["lpips_network"])
+    key = {m: lpips.metric_name if m == "LPIPS" else m.lower() for cols in COLUMNS.values() for m in cols}
+    head = {m: (lpips.label if m == "LPIPS" else m) + ("↑" if m in HIGHER_IS_BETTER else "↓") for m in key}
+    width = {m: max(8, len(h) + 1) for m, h in head.items()}
     groups = [s for s in COLUMNS if result.get(s)]
-    titles = {s: f"{s.replace('_', '-').capitalize()} ({result[s]['pairs']} pairs)" for s in groups}
-    head1 = f"{'':<18}" + "".join(f" | {titles[s]:<{8 * len(COLUMNS[s])}}" for s in groups)
-    head2 = f"{'Method':<18}" + "".join(" | " + "".join(f"{m + arrow[m]:>8}" for m in COLUMNS[s]) for s in groups)
+    faces = {s: any("faces" in result[s][m] for m in ("model", "copy_source")) for s in groups}
+    cols = {s: sum(width[m] for m in COLUMNS[s]) + 8 * faces[s] for s in groups}
+    head1 = f"{'':<18}" + "".join(f" | {_title(s, result[s]):<{cols[s]}}" for s in groups)
+    head2 = f"{'Method':<18}" + "".join(" | " + "".join(f"{head[m]:>{width[m]}}" for m in COLUMNS[s])
+                                         + (f"{'Faces↑':>8}" if faces[s] else "") for s in groups)  # fmt: skip
     lines = [head1.rstrip(), head2, "-" * len(head2)]
     for method, label in (("model", "Export3D (ours)"), ("copy_source", "Copy source")):
         row = f"{label:<18}"
         for s in groups:
             values = result[s][method]
-            row += " | " + "".join(_cell(values[m.lower()], m) for m in COLUMNS[s])
+            row += " | " + "".join(_cell(values[key[m]], m, width[m]) for m in COLUMNS[s])
+            row += f"{_faces_cell(values):>8}" if faces[s] else ""
         lines.append(row)
     for s in COLUMNS:
         if not result.get(s):
@@ -65,7 +92,7 @@ def format_paper_table(result: dict) -> str:
     notes = {}
     for s in groups:
         for m in COLUMNS[s]:
-            value = result[s]["model"][m.lower()]
+            value = result[s]["model"][key[m]]
             if isinstance(value, str):
                 notes.setdefault(value, []).append(m)
     for reason, metrics in notes.items():
@@ -102,7 +129,6 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
               "preset": model.config.name, "image_size": model.config.image_size,
               "expression_encoder": model.config.expression_encoder, "data": data, **metrics,
               "identity_leak": identity_leak(model, source, args.probe),
-              "lpips_network": dataclasses.asdict(lpips_info),
               "extractors": extra.describe()}
     print(f"export3d.evaluate: {folder} (step {result['step']}, {result['weights']} weights, "
           f"preset {result['preset']}, {result['image_size']} px, expression encoder {result['expression_encoder']}), "
@@ -119,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export3d.evaluate", description=__doc__.splitlines()[0],
                                 epilog=__doc__.split("\n\n", 1)[1] + "\n" + extractors.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, last.json or a step_* folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder, its checkpoints/ folder, last.json or a step_* folder")
     p.add_argument("--data", help="'synthetic' or a clip-format folder (default: the run's training data)")
     p.add_argument("--json", help="write every number (and every 'not run' reason) to this JSON file")
     p.add_argument("--pairs", type=int, help="same-identity pairs and cross-identity triples (default: the run's "
@@ -138,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor-plugin", help="module with build_landmarks/build_identity/build_3dmm(path)")
     p.add_argument("--no-face-metrics", action="store_true",
                    help="skip the offline AKD / CSIM / AED / APD (MediaPipe + dlib; the default with the faces extra)")
-    ablation.add_arguments(p)
+    p.add_argument("--threads", type=int, help="torch intra-op threads of this process (default: PyTorch's)")
+    add_debug_flag(p)
     return p
 
 
@@ -147,26 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs is not None and args.pairs < 1:
         parser.error("--pairs must be >= 1")
-    if args.ablation == (args.checkpoint is not None):
-        parser.error("give exactly one of --checkpoint PATH or --ablation")
-    stray = [f"--{k.replace('_', '-')}" for k in ablation.ABLATION_ONLY if getattr(args, k) not in (None, False)]
-    if not args.ablation and stray:
-        parser.error(f"{', '.join(stray)} only apply with --ablation")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    if args.threads is not None and not args.ablation:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        if args.ablation:
-            ablation.run(args)
-        else:
-            run_checkpoint(args)
-    except (ValueError, OSError, CheckpointError) as exc:
-        print(f"export3d.evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return run_command("export3d.evaluate", run_checkpoint, args,
+                           user_errors=(ValueError, OSError, CheckpointError))  # fmt: skip
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
         return exit_status(exc)
-    return 0
 
 
 if __name__ == "__main__":

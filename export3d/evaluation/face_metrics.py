@@ -2,7 +2,10 @@
 
 Paper definitions (Table 1) with this project's extractors: AKD between the output and the driving frame
 (same identity only), CSIM between the output and the source, AED and APD between the output and the driving
-frame. A pair where either image has no face is counted (``no_face``) and not scored. Two more readings:
+frame. Every method of a setting is scored on the same pairs: those where every compared image (the model's
+output, copy-the-source's, the ground-truth frame) and the metric's reference have a face. Each method's
+face rate (faces found / pairs, ``face_rate``) and the pairs scored (``faces``) are reported beside the means.
+Two more readings:
 
 - ``ground_truth``: the ground-truth frame scored as if it were an output (same identity: the driving frame
   itself, so AKD / AED / APD are 0 and CSIM is the source-vs-driving similarity of one person; cross identity,
@@ -27,45 +30,24 @@ HOOK_OF = {metric: kind for kind, metrics in EXTRACTORS.items() for metric in me
 DRIVING_METRICS = ("AKD", "AED", "APD")  # compared with the driving frame (CSIM: with the source)
 
 
-class _Sums:
-    """Running sums and counts per key, plus the pairs left unscored because a face was missing."""
-
-    def __init__(self):
-        self.sums: dict[tuple, float] = {}
-        self.counts: dict[tuple, int] = {}
-        self.missing: dict[tuple, int] = {}
-
-    def add(self, key: tuple, value: float | None) -> None:
-        if value is None:
-            self.missing[key] = self.missing.get(key, 0) + 1
-            return
-        self.sums[key] = self.sums.get(key, 0.0) + value
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def value(self, key: tuple) -> float | str:
-        n, m = self.counts.get(key, 0), self.missing.get(key, 0)
-        if n:
-            return self.sums[key] / n
-        return f"not run: no face found in {m} of {m} pairs" if m else "not run: no samples"
-
-    def faces(self, keys: list[tuple]) -> dict:
-        return {"scored": {k[-1]: self.counts.get(k, 0) for k in keys},
-                "no_face": {k[-1]: self.missing.get(k, 0) for k in keys}}  # fmt: skip
-
-
 class OfflineFaceMetrics:
-    """Accumulates the offline metrics per setting and method (``update`` has ExtractorMetrics' signature)."""
+    """Accumulates the offline metrics per setting and method (``update`` has ExtractorMetrics' signature).
+
+    Every method compared in a setting (the model, copy-the-source and the ground-truth frame) is scored on
+    the same pairs: those where MediaPipe finds a face in every method's image and in the metric's reference
+    (the source for CSIM, the driving frame for AKD / AED / APD). Otherwise a method that draws faces less
+    often would be averaged over fewer, and other, pairs than the baseline beside it. Each method's own
+    detection rate (faces found / pairs) is kept apart, so a low one shows instead of hiding in the means.
+    """
 
     def __init__(self, extractor, metrics: tuple[str, ...] = ("AKD", "CSIM", "AED", "APD")):
         self.extractor = extractor
         self.metrics = metrics
-        self.sums = _Sums()
-        self.gt_settings: set[str] = set()
-
-    def _score(self, key: tuple, metric: str, out, ref) -> None:
-        from export3d.evaluation.face_features import METRICS
-
-        self.sums.add((*key, metric), None if out is None or ref is None else METRICS[metric](out, ref))
+        self.pairs: dict[str, int] = {}  # setting -> pairs seen
+        self.methods: dict[str, tuple[str, ...]] = {}  # setting -> the methods compared ("ground_truth" included)
+        self.found: dict[tuple[str, str], int] = {}  # (setting, method) -> pairs whose image has a face
+        self.scored: dict[tuple, int] = {}  # (setting, metric) or (setting, "vs_gt", metric) -> pairs scored
+        self.sums: dict[tuple, float] = {}  # the scored key + (method,) -> sum over the scored pairs
 
     @torch.no_grad()
     def update(self, setting: str, batch, predictions: dict[str, torch.Tensor]) -> None:
@@ -81,34 +63,70 @@ class OfflineFaceMetrics:
         feats_gt = self.extractor(batch.target, descriptor=ident) if has_gt else feats_drv
         outputs = {m: feats_src if image is src else self.extractor(image, descriptor=ident)
                    for m, image in predictions.items()}  # fmt: skip
-        outputs["ground_truth"] = feats_gt
-        if has_gt:
-            self.gt_settings.add(setting)
-        elif setting == "same_identity":
-            self.gt_settings.add(setting)  # the driving frame is the ground truth of a reconstruction
-        for method, feats in outputs.items():
-            for i, out in enumerate(feats):
-                for metric in metrics:
-                    ref = feats_src[i] if metric == "CSIM" else feats_drv[i]
-                    self._score((setting, method), metric, out, ref)
-                if has_gt and method != "ground_truth":
-                    for metric in (m for m in DRIVING_METRICS if m in self.metrics):
-                        self._score((setting, method, "vs_gt"), metric, out, feats_gt[i])
+        if has_gt or setting == "same_identity":  # a reconstruction's ground truth is its driving frame
+            outputs["ground_truth"] = feats_gt
+        self.methods[setting] = tuple(outputs)
+        for i, (src_i, drv_i) in enumerate(zip(feats_src, feats_drv, strict=True)):
+            self._pair(setting, metrics, {m: feats[i] for m, feats in outputs.items()}, src_i, drv_i, has_gt)
+
+    def _pair(self, setting: str, metrics: list[str], outs: dict, src, drv, vs_gt: bool) -> None:
+        """One pair: count the faces found; score it where every compared image and the reference have one."""
+        from export3d.evaluation.face_features import METRICS
+
+        self.pairs[setting] = self.pairs.get(setting, 0) + 1
+        for method, feats in outs.items():
+            self.found[setting, method] = self.found.get((setting, method), 0) + (feats is not None)
+        if any(feats is None for feats in outs.values()):
+            return  # a method without a face here: the pair is scored for none of them
+        for metric in metrics:
+            ref = src if metric == "CSIM" else drv
+            if ref is not None:
+                self._add((setting, metric), {m: METRICS[metric](out, ref) for m, out in outs.items()})
+        if vs_gt:
+            gt = outs["ground_truth"]
+            for metric in (m for m in DRIVING_METRICS if m in self.metrics):
+                self._add((setting, "vs_gt", metric),
+                          {m: METRICS[metric](out, gt) for m, out in outs.items() if m != "ground_truth"})  # fmt: skip
+
+    def _add(self, key: tuple, values: dict[str, float]) -> None:
+        self.scored[key] = self.scored.get(key, 0) + 1
+        for method, value in values.items():
+            self.sums[(*key, method)] = self.sums.get((*key, method), 0.0) + value
+
+    def _mean(self, key: tuple, method: str) -> float | str:
+        n = self.scored.get(key, 0)
+        return self.sums[(*key, method)] / n if n else self._not_run(key[0])
+
+    def _not_run(self, setting: str) -> str:
+        pairs = self.pairs.get(setting, 0)
+        if not pairs:
+            return "not run: no samples"
+        found = ", ".join(f"{m} {self.found[setting, m]}/{pairs}" for m in self.methods[setting])
+        return f"not run: no face found in all of a pair's images in any of the {pairs} pairs (faces: {found})"
+
+    def face_rate(self, setting: str, method: str) -> float | str:
+        """Pairs whose ``method`` image has a face / pairs."""
+        pairs = self.pairs.get(setting, 0)
+        return self.found.get((setting, method), 0) / pairs if pairs else "not run: no samples"
 
     def results(self, setting: str, method: str) -> dict:
+        """The metrics of ``method`` on the common pairs, its face rate, and the counts behind both."""
         metrics = [m for m in self.metrics if m in COLUMNS[setting]]
-        out = {m.lower(): self.sums.value((setting, method, m)) for m in metrics}
-        return out | {"faces": self.sums.faces([(setting, method, m) for m in metrics])}
+        out = {m.lower(): self._mean((setting, m), method) for m in metrics}
+        faces = {"pairs": self.pairs.get(setting, 0), "found": self.found.get((setting, method), 0),
+                 "scored": {m: self.scored.get((setting, m), 0) for m in metrics}}  # fmt: skip
+        return out | {"face_rate": self.face_rate(setting, method), "faces": faces}
 
     def ground_truth(self, setting: str, methods: tuple[str, ...]) -> dict | None:
-        if setting not in self.gt_settings:
+        if "ground_truth" not in self.methods.get(setting, ()):
             return None
         block = {"ground_truth": self.results(setting, "ground_truth")}
         if setting == "cross_identity":
             metrics = [m for m in DRIVING_METRICS if m in self.metrics]
             block["against_ground_truth"] = {
-                method: {m.lower(): self.sums.value((setting, method, "vs_gt", m)) for m in metrics}
+                method: {m.lower(): self._mean((setting, "vs_gt", m), method) for m in metrics}
                 for method in methods}  # fmt: skip
+            block["against_ground_truth_scored"] = {m: self.scored.get((setting, "vs_gt", m), 0) for m in metrics}
         return block
 
 
@@ -140,7 +158,7 @@ class FaceMetricSuite:
             elif where == "none":
                 out[metric.lower()] = f"not run: {self.offline_reason}"
         if "faces" in offline:
-            out["faces"] = offline["faces"]
+            out["face_rate"], out["faces"] = offline["face_rate"], offline["faces"]
         return out
 
     def close(self) -> None:
@@ -163,23 +181,29 @@ class FaceMetricSuite:
         return out
 
     def footer(self, result: dict) -> list[str]:
-        """Table notes: where each offline metric comes from, faceless pairs, the ground-truth reading."""
+        """Table notes: where each offline metric comes from, the pairs scored, the ground-truth reading."""
         if self.offline is None:
             return []
         lines = [f"{m} (offline): {d}" for m, d in self.describe().items() if m in HOOK_OF and self.source_of(m) ==
                  "offline"]  # fmt: skip
         for setting in COLUMNS:
             block = result.get(setting) or {}
-            faces = (block.get("model") or {}).get("faces")
-            if faces:
-                missing = {m: n for m, n in faces["no_face"].items() if n}
-                lines.append(f"{setting.replace('_', '-')}: pairs without a face (not scored): "
-                             f"{missing or 'none'}")  # fmt: skip
             gt = block.get("face_ground_truth")
+            rows = {m: block[m] for m in ("model", "copy_source") if "faces" in (block.get(m) or {})}
             if gt:
-                row = gt["ground_truth"]
-                cells = ", ".join(f"{k.upper()} {_fmt(v)}" for k, v in row.items() if k != "faces")
-                lines.append(f"{setting.replace('_', '-')} ground-truth frame scored as an output: {cells}")
+                rows["ground truth"] = gt["ground_truth"]
+            faces = next(iter(rows.values()))["faces"] if rows else {"pairs": 0}
+            if not faces["pairs"]:
+                continue
+            name = setting.replace("_", "-")
+            found = ", ".join(f"{who} {r['faces']['found']}/{r['faces']['pairs']}" for who, r in rows.items())
+            lines.append(f"{name}: face metrics on the same {_counts(faces['scored'])} of {faces['pairs']} for every "
+                         "method, those where every compared image and the metric's reference (source for CSIM, "
+                         f"driving frame for AKD / AED / APD) have a face; faces found: {found}")  # fmt: skip
+            if gt:
+                cells = ", ".join(f"{k.upper()} {_fmt(v)}" for k, v in gt["ground_truth"].items()
+                                  if k not in ("faces", "face_rate"))  # fmt: skip
+                lines.append(f"{name} ground-truth frame scored as an output: {cells}")
                 for method, values in (gt.get("against_ground_truth") or {}).items():
                     cells = ", ".join(f"{k.upper()} {_fmt(v)}" for k, v in values.items())
                     lines.append(f"  {method} against the ground-truth frame instead of the driving frame: {cells}")
@@ -199,6 +223,13 @@ class FaceMetricSuite:
 
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _counts(scored: dict[str, int]) -> str:
+    """``{"AKD": 9, "CSIM": 9}`` -> "9 pairs"; differing counts are listed per metric."""
+    if len(set(scored.values())) == 1:
+        return f"{next(iter(scored.values()))} pairs"
+    return "pairs " + ", ".join(f"{m} {n}" for m, n in scored.items())
 
 
 def build_face_metrics(args: argparse.Namespace, device: torch.device) -> FaceMetricSuite:

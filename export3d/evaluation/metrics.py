@@ -2,8 +2,10 @@
 
 LPIPS needs torchvision's ImageNet VGG16, which this project never downloads. :func:`build_lpips`
 loads it from an explicit path or from the torch hub cache when present; otherwise it says so
-loudly, once, and falls back to lpips' randomly initialised VGG (``pnet_rand=True``). The caller
-records which one ran (``LPIPSInfo``), so numbers from the two are never confused.
+loudly, once, and falls back to lpips' randomly initialised VGG (``pnet_rand=True``). The network
+records which one ran (:func:`lpips_info_of`), and every table, JSON key and log entry takes its name from
+:attr:`LPIPSInfo.metric_name` / :attr:`LPIPSInfo.label`: ``lpips`` only for the real network,
+``lpips_random_vgg`` for the fallback, so numbers from the two are never confused.
 """
 
 from __future__ import annotations
@@ -72,6 +74,17 @@ class LPIPSInfo:
     pretrained: bool  # True: ImageNet VGG16 weights were loaded; False: random VGG (pnet_rand)
     source: str  # the weights file used, or why there was none
 
+    @property
+    def metric_name(self) -> str:
+        """The key its values are stored and logged under: ``lpips`` is reserved for the real LPIPS (ImageNet
+        VGG16); the random-VGG fallback is another metric, not comparable to published LPIPS numbers."""
+        return "lpips" if self.pretrained else "lpips_random_vgg"
+
+    @property
+    def label(self) -> str:
+        """The column header of its values in printed tables."""
+        return "LPIPS" if self.pretrained else "LPIPS(rand)"
+
     def describe(self) -> str:
         kind = "pretrained VGG16" if self.pretrained else "RANDOM VGG16 (pnet_rand=True)"
         return f"LPIPS-VGG with {kind}: {self.source}"
@@ -123,7 +136,17 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None) -> tuple[nn.Module
                    "pass --vgg-weights PATH to use the real network.")  # fmt: skip
             print(msg, file=sys.stderr, flush=True)
     model.eval().requires_grad_(False)
+    model.lpips_info = info  # travels with the network, so the losses and the scores name what they computed
     return model, info
+
+
+def lpips_info_of(model: nn.Module) -> LPIPSInfo:
+    """Which VGG the LPIPS network ``model`` (from :func:`build_lpips`) runs on; it decides the metric's name."""
+    info = getattr(model, "lpips_info", None)
+    if not isinstance(info, LPIPSInfo):
+        raise ValueError(f"lpips_model: {type(model).__name__} was not built by build_lpips, so it is unknown "
+                         "whether it holds the real VGG16 or the random fallback")  # fmt: skip
+    return info
 
 
 def lpips_distance(model: nn.Module, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

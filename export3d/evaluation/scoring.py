@@ -5,10 +5,15 @@ driving expression and camera from the source, and is scored against the driving
 Cross identity (synthetic data only): person A's frame, person B's expression and camera, scored
 against the ground-truth render of A with B's expression from B's camera. Both are compared with the
 copy-the-source baseline (the source image itself as the prediction).
+
+LPIPS values go under the name of the network that computed them (``LPIPSInfo.metric_name``: ``lpips``
+with ImageNet VGG16 weights, ``lpips_random_vgg`` with the random fallback), and the result records that
+network (``lpips_network``), from which :func:`format_table` takes its column header.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +23,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from export3d.data import CrossIdentityTriples, ReconstructionPairs, SyntheticClips
-from export3d.evaluation.metrics import lpips_distance, psnr, ssim
+from export3d.evaluation.metrics import LPIPSInfo, lpips_distance, lpips_info_of, psnr, ssim
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,14 @@ def cross_identity_batches(source, pairs: int, batch_size: int, seed: int = 0) -
 @torch.no_grad()
 def score(model: nn.Module, batches: list[EvalBatch], lpips_model: nn.Module, device: torch.device,
           on_batch: Callable[[EvalBatch, dict[str, torch.Tensor]], None] | None = None) -> dict:  # fmt: skip
-    """Mean PSNR / SSIM / LPIPS of the model and of copy-the-source over ``batches``.
+    """Mean PSNR / SSIM / LPIPS of the model and of copy-the-source over ``batches`` (LPIPS under the name
+    :attr:`LPIPSInfo.metric_name` of ``lpips_model``'s network).
 
     ``on_batch(batch, {"model": prediction, "copy_source": source})`` (images ``[B, 3, H, W]`` on ``device``)
     sees every batch, e.g. to run face-model extractors on the same predictions.
     """
-    sums = {name: {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0} for name in ("model", "copy_source")}
+    lpips_name = lpips_info_of(lpips_model).metric_name
+    sums = {name: {"psnr": 0.0, "ssim": 0.0, lpips_name: 0.0} for name in ("model", "copy_source")}
     n = 0
     for b in batches:
         src, tgt = b.source.to(device), b.target.to(device)
@@ -76,14 +83,15 @@ def score(model: nn.Module, batches: list[EvalBatch], lpips_model: nn.Module, de
         for name, image in (("model", pred), ("copy_source", src)):
             sums[name]["psnr"] += psnr(image, tgt).sum().item()
             sums[name]["ssim"] += ssim(image, tgt).sum().item()
-            sums[name]["lpips"] += lpips_distance(lpips_model, image, tgt).sum().item()
+            sums[name][lpips_name] += lpips_distance(lpips_model, image, tgt).sum().item()
         n += src.shape[0]
     return {name: {k: v / max(n, 1) for k, v in m.items()} for name, m in sums.items()} | {"pairs": n}
 
 
 def evaluate(model: nn.Module, source, lpips_model: nn.Module, device: torch.device, pairs: int = 64,
              batch_size: int = 8, seed: int = 0, on_batch: Callable[..., None] | None = None) -> dict:  # fmt: skip
-    """Same- and (where ground truth exists) cross-identity metrics on ``source`` (a test split).
+    """Same- and (where ground truth exists) cross-identity metrics on ``source`` (a test split), and the LPIPS
+    network they were measured with (``lpips_network``: :class:`LPIPSInfo` as a dict).
 
     ``on_batch(setting, batch, predictions)``, if given, is called for every batch of both settings.
     """
@@ -95,14 +103,18 @@ def evaluate(model: nn.Module, source, lpips_model: nn.Module, device: torch.dev
                                          device, hook("same_identity"))}  # fmt: skip
         cross = cross_identity_batches(source, pairs, batch_size, seed)
         result["cross_identity"] = score(model, cross, lpips_model, device, hook("cross_identity")) if cross else None
+        result["lpips_network"] = dataclasses.asdict(lpips_info_of(lpips_model))
     finally:
         model.train(was_training)
     return result
 
 
 def format_table(metrics: dict) -> str:
-    """A plain-text table in the layout of the paper's Table 1 (rows: methods; columns: metrics)."""
-    lines = [f"{'':<22}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}"]
+    """A plain-text table in the layout of the paper's Table 1 (rows: methods; columns: metrics) of
+    :func:`evaluate`'s result; the LPIPS column is headed by the network's label (``LPIPS(rand)``: random VGG)."""
+    lpips = LPIPSInfo(**metrics["lpips_network"])
+    width = max(8, len(lpips.label) + 1)
+    lines = [f"{'':<22}{'PSNR':>8}{'SSIM':>8}{lpips.label:>{width}}"]
     for setting in ("same_identity", "cross_identity"):
         block = metrics.get(setting)
         if not block:
@@ -111,5 +123,5 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{setting.replace('_', '-')} ({block['pairs']} pairs)")
         for name in ("model", "copy_source"):
             m = block[name]
-            lines.append(f"  {name:<20}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m['lpips']:>8.3f}")
+            lines.append(f"  {name:<20}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m[lpips.metric_name]:>{width}.3f}")
     return "\n".join(lines)

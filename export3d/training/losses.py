@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export3d.evaluation.metrics import lpips_distance
+from export3d.evaluation.metrics import lpips_distance, lpips_info_of
 
 
 def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -26,7 +26,9 @@ def reconstruction_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_rec = MSE(raw, D_raw) + MSE(img, D) + w * (LPIPS(raw, D_raw) + LPIPS(img, D))`` -> (loss, parts).
 
-    ``with_lpips=False`` drops the two LPIPS terms (lazy LPIPS, ``TrainConfig.lpips_every``).
+    ``with_lpips=False`` drops the two LPIPS terms (lazy LPIPS, ``TrainConfig.lpips_every``). The parts name
+    the LPIPS terms after the network that computed them (``LPIPSInfo.metric_name``): ``lpips`` / ``lpips_raw``
+    with ImageNet VGG16 weights, ``lpips_random_vgg`` / ``lpips_random_vgg_raw`` with the random fallback.
     """
     target_raw = resize_to(target, image_raw.shape[-1])
     mse_raw = F.mse_loss(image_raw.float(), target_raw.float())
@@ -37,7 +39,8 @@ def reconstruction_loss(
         lp_raw = lpips_distance(lpips_model, image_raw.float(), target_raw.float()).mean()
         lp = lpips_distance(lpips_model, image.float(), target.float()).mean()
         loss = loss + lpips_weight * (lp_raw + lp)
-        parts.update(lpips_raw=lp_raw.item(), lpips=lp.item())
+        name = lpips_info_of(lpips_model).metric_name
+        parts.update({f"{name}_raw": lp_raw.item(), name: lp.item()})
     return loss, parts
 
 

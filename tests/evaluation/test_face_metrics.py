@@ -1,5 +1,6 @@
 """Offline AKD / CSIM / AED / APD: each near zero for a frame against itself and clearly not for another frame;
-faceless pairs counted, not scored; the ground-truth readings; user hooks take precedence."""
+every method scored on the same pairs (those where every compared image has a face), each method's face rate;
+the ground-truth readings; user hooks take precedence."""
 
 import math
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from export3d.evaluate import format_paper_table
 from export3d.evaluation.extractors import ExtractorMetrics
 from export3d.evaluation.face_features import FaceFeatures, akd, apd
 from export3d.evaluation.face_metrics import FaceMetricSuite, OfflineFaceMetrics
@@ -98,19 +100,82 @@ def test_faceless_pairs_are_counted_not_scored_and_ground_truth_readings():
     got = metrics.results("same_identity", "model")
     assert got["akd"] == pytest.approx(0.5 * math.sqrt(2)) and got["aed"] == pytest.approx(0.5)
     assert got["apd"] == pytest.approx(0.5 / 3) and got["csim"] == pytest.approx(1 - 1.0 / 2)
-    assert got["faces"]["scored"]["AKD"] == 1 and got["faces"]["no_face"] == {"AKD": 1, "CSIM": 1, "AED": 1, "APD": 1}
+    assert got["faces"] == {"pairs": 2, "found": 1, "scored": {"AKD": 1, "CSIM": 1, "AED": 1, "APD": 1}}
+    assert got["face_rate"] == 0.5
     copy = metrics.results("same_identity", "copy_source")
-    assert copy["csim"] == 1.0 and copy["aed"] == pytest.approx(0.5)
+    assert copy["csim"] == 1.0 and copy["aed"] == pytest.approx(0.5) and copy["face_rate"] == 1.0
+    assert copy["faces"]["scored"] == got["faces"]["scored"]  # the pair without the model's face is nobody's
     gt = metrics.ground_truth("same_identity", ("model", "copy_source"))["ground_truth"]
     assert gt["akd"] == 0.0 and gt["aed"] == 0.0 and gt["csim"] == pytest.approx(0.75)  # the driving frame itself
     target = _images(0.25, 0.25)
     metrics.update("cross_identity", EvalBatch(source, driving, None, None, target),
                    {"model": _images(-1.0, -1.0), "copy_source": source})  # fmt: skip
-    assert metrics.results("cross_identity", "model")["aed"] == "not run: no face found in 2 of 2 pairs"
+    reason = "not run: no face found in all of a pair's images in any of the 2 pairs (faces: model 0/2, " \
+             "copy_source 2/2, ground_truth 2/2)"
+    assert metrics.results("cross_identity", "model")["aed"] == reason
+    assert metrics.results("cross_identity", "copy_source")["aed"] == reason  # not on other pairs than the model
+    assert metrics.results("cross_identity", "model")["face_rate"] == 0.0
     assert "akd" not in metrics.results("cross_identity", "model")  # AKD is same-identity only (paper Table 1)
     block = metrics.ground_truth("cross_identity", ("model", "copy_source"))
-    assert block["ground_truth"]["aed"] == pytest.approx(0.25)  # the rendered ground truth vs the driving frame
-    assert block["against_ground_truth"]["copy_source"]["aed"] == pytest.approx(0.25)
+    assert block["ground_truth"]["aed"] == reason and block["ground_truth"]["face_rate"] == 1.0
+    assert block["against_ground_truth"]["copy_source"]["aed"] == reason
+
+
+def test_every_method_is_scored_on_the_pairs_where_all_have_a_face():
+    metrics = OfflineFaceMetrics(FakeExtractor())
+    source, driving = _images(0.0, 0.1, 0.2, 0.3), _images(0.5, 0.5, 0.5, 0.5)
+    model = _images(0.9, -1.0, 0.6, -1.0)  # no face in pairs 1 and 3
+    metrics.update("same_identity", EvalBatch(source, driving, None, None, driving),
+                   {"model": model, "copy_source": source})  # fmt: skip
+    copy = metrics.results("same_identity", "copy_source")
+    # pairs 0 and 2 only: |0.0 - 0.5| and |0.2 - 0.5| (all four pairs would give 0.35)
+    assert copy["aed"] == pytest.approx((0.5 + 0.3) / 2) and copy["apd"] == pytest.approx((0.5 + 0.3) / 2 / 3)
+    assert copy["akd"] == pytest.approx((0.5 + 0.3) / 2 * math.sqrt(2)) and copy["csim"] == 1.0
+    got = metrics.results("same_identity", "model")
+    assert got["aed"] == pytest.approx((0.4 + 0.1) / 2) and got["csim"] == pytest.approx(1 - (0.9 + 0.4) / 2 / 2)
+    gt = metrics.ground_truth("same_identity", ("model", "copy_source"))["ground_truth"]
+    assert gt["csim"] == pytest.approx(1 - (0.5 + 0.3) / 2 / 2)  # the driving frame vs the source, same two pairs
+    assert (got["face_rate"], copy["face_rate"], gt["face_rate"]) == (0.5, 1.0, 1.0)
+    for row in (got, copy, gt):
+        assert row["faces"]["scored"] == {"AKD": 2, "CSIM": 2, "AED": 2, "APD": 2} and row["faces"]["pairs"] == 4
+
+    # cross identity: B's driving frame is the reference of AED / APD only, so its missing face drops the pair
+    # from those two metrics and not from CSIM (against the source)
+    source, driving, target = _images(0.0, 0.0), _images(0.5, -1.0), _images(0.25, 0.25)
+    metrics.update("cross_identity", EvalBatch(source, driving, None, None, target),
+                   {"model": _images(0.2, 0.4), "copy_source": source})  # fmt: skip
+    got, copy = metrics.results("cross_identity", "model"), metrics.results("cross_identity", "copy_source")
+    assert got["faces"]["scored"] == {"CSIM": 2, "AED": 1, "APD": 1} and got["face_rate"] == 1.0
+    assert got["csim"] == pytest.approx(1 - 0.3 / 2) and got["aed"] == pytest.approx(0.3)  # AED: pair 0 only
+    assert copy["csim"] == 1.0 and copy["aed"] == pytest.approx(0.5)
+    block = metrics.ground_truth("cross_identity", ("model", "copy_source"))
+    assert block["ground_truth"]["aed"] == pytest.approx(0.25) and block["ground_truth"]["csim"] == 0.875
+    against = block["against_ground_truth"]  # the ground-truth frame as reference: both pairs
+    assert against["model"]["aed"] == pytest.approx((0.05 + 0.15) / 2) and against["copy_source"]["aed"] == 0.25
+    assert block["against_ground_truth_scored"] == {"AKD": 2, "AED": 2, "APD": 2}
+
+
+def test_table_shows_each_methods_face_rate_and_the_pairs_scored():
+    suite = FaceMetricSuite(ExtractorMetrics({"landmarks": None, "identity": None, "3dmm": None}, {}),
+                            OfflineFaceMetrics(FakeExtractor()), "")  # fmt: skip
+    source, driving = _images(0.0, 0.1, 0.2, 0.3), _images(0.5, 0.5, 0.5, 0.5)
+    suite.update("same_identity", EvalBatch(source, driving, None, None, driving),
+                 {"model": _images(0.9, -1.0, 0.6, 0.7), "copy_source": source})  # fmt: skip
+    pixels = {"psnr": 20.0, "ssim": 0.5, "lpips_random_vgg": 0.1}
+    result = {"same_identity": {"model": dict(pixels), "copy_source": dict(pixels), "pairs": 4},
+              "cross_identity": None, "lpips_network": {"pretrained": False, "source": "none"}}  # fmt: skip
+    suite.add_to(result)
+    assert result["same_identity"]["model"]["face_rate"] == 0.75
+    assert result["same_identity"]["copy_source"]["face_rate"] == 1.0
+    lines = format_paper_table(result).splitlines()
+    assert "Same-identity (4 pairs; face metrics on 3)" in lines[0]
+    assert lines[1].split() == ["Method", "|", "PSNR↑", "SSIM↑", "LPIPS(rand)↓", "AKD↓", "CSIM↑", "AED↓", "APD↓",
+                                "Faces↑"]  # fmt: skip
+    assert lines[3].startswith("Export3D (ours)") and lines[3].endswith(" 3/4")
+    assert lines[4].startswith("Copy source") and lines[4].endswith(" 4/4")
+    footer = "\n".join(suite.footer(result))
+    assert "same-identity: face metrics on the same 3 pairs of 4 for every method" in footer
+    assert "faces found: model 3/4, copy_source 4/4, ground truth 4/4" in footer
 
 
 def test_user_hooks_replace_the_offline_metrics():

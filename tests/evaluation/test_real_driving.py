@@ -7,6 +7,7 @@ rotated and shifted over frames).
 
 import json
 import math
+import re
 
 import imageio.v2 as iio
 import numpy as np
@@ -78,6 +79,27 @@ def test_a_64_d_checkpoint_refuses_a_video(videos, tmp_path, capsys):
     assert "--expression-source landmarker" in capsys.readouterr().err
 
 
+def _number(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _no_face_in_any_pair(value, pairs: int) -> bool:
+    """``value`` is a face metric's "not run" reason saying that no pair had a face, counted over all ``pairs``
+    pairs ("... in 2 of 2 pairs", "... in any of the 2 pairs"), not a partial count or any other reason."""
+    found = re.match(r"not run: no face found in (.*?)(\d+) pairs", value) if isinstance(value, str) else None
+    return found is not None and all(int(n) == pairs for n in [*re.findall(r"\d+", found.group(1)), found.group(2)])
+
+
+def test_no_face_reason_must_cover_every_pair():
+    assert _no_face_in_any_pair("not run: no face found in 2 of 2 pairs", 2)
+    assert _no_face_in_any_pair("not run: no face found in all of a pair's images in any of the 2 pairs (faces: "
+                                "model 0/2, copy_source 2/2)", 2)  # fmt: skip
+    assert not _no_face_in_any_pair("not run: no face found in 1 of 2 pairs", 2)
+    assert not _no_face_in_any_pair("not run: no face found in 3 of 3 pairs", 2)
+    assert not _no_face_in_any_pair("not run: the faces extra is not installed", 2)
+    assert not _no_face_in_any_pair(0.5, 2)
+
+
 def test_evaluate_reports_the_face_metrics_by_default(run, tmp_path, capsys):
     root, _ = run
     out = tmp_path / "eval.json"
@@ -86,17 +108,31 @@ def test_evaluate_reports_the_face_metrics_by_default(run, tmp_path, capsys):
         assert evaluate_main(["--checkpoint", str(root / "run"), "--json", str(out), "--pairs", "2"]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
-    columns = {"same_identity": ("psnr", "ssim", "lpips", "akd", "csim", "aed", "apd"),
-               "cross_identity": ("psnr", "ssim", "lpips", "csim", "aed", "apd")}  # fmt: skip
-    for setting, names in columns.items():
-        copy = result[setting]["copy_source"]
-        assert all(isinstance(copy[k], float) and math.isfinite(copy[k]) for k in names), copy
-        assert copy["csim"] == 1.0 and sum(copy["faces"]["scored"].values()) > 0
-        model = result[setting]["model"]
-        for k in names[3:]:  # a 4-step model draws no face yet: such pairs are counted, not scored
-            assert isinstance(model[k], float) or model[k].startswith("not run: no face found"), model[k]
-    gt = result["cross_identity"]["face_ground_truth"]
-    assert isinstance(gt["ground_truth"]["csim"], float) and "model" in gt["against_ground_truth"]
-    assert result["same_identity"]["face_ground_truth"]["ground_truth"]["aed"] == 0.0  # the driving frame itself
+    faces = {"same_identity": ("akd", "csim", "aed", "apd"), "cross_identity": ("csim", "aed", "apd")}
+    for setting, names in faces.items():
+        pairs = result[setting]["pairs"]
+        assert pairs == 2
+        model, copy = result[setting]["model"], result[setting]["copy_source"]
+        truth = result[setting]["face_ground_truth"]["ground_truth"]
+        image_metrics = [k for k in copy if k in ("psnr", "ssim") or k.startswith("lpips")]
+        assert len(image_metrics) == 3 and all(_number(copy[k]) for k in image_metrics), copy
+        # A 4-step model draws no face yet: each face metric is a number, or says that no pair had a face.
+        assert all(_number(model[k]) or _no_face_in_any_pair(model[k], pairs) for k in names), model
+        # The source and the ground-truth frame hold a face, so they are scored. Only when every method is scored
+        # on the same pairs and the model had no face in any of them may they read the no-face reason, and then
+        # their face-detection rate must say that the face was found in each of their images.
+        for block in (copy, truth):
+            for k in names:
+                assert _number(block[k]) or (not _number(model[k]) and _no_face_in_any_pair(block[k], pairs)
+                                             and block.get("face_rate") == 1.0), (k, block)  # fmt: skip
+        assert copy["csim"] == 1.0 or not _number(copy["csim"])  # the source against itself
+        if _number(truth["aed"]) and setting == "same_identity":
+            assert truth["aed"] == 0.0  # the driving frame against itself
+    against = result["cross_identity"]["face_ground_truth"]["against_ground_truth"]
+    assert set(against["model"]) == set(against["copy_source"]) == {"akd", "aed", "apd"}, against
+    for k, value in against["model"].items():
+        copied = against["copy_source"][k]
+        assert _number(value) or _no_face_in_any_pair(value, 2), against
+        assert _number(copied) or (not _number(value) and _no_face_in_any_pair(copied, 2)), against
     assert result["extractors"]["CSIM"].startswith("dlib 128-d")
     assert "CSIM (offline): dlib 128-d" in printed and "ground-truth frame scored as an output" in printed

@@ -1,4 +1,4 @@
-"""The ablation variants (paper Tables 3 and 4) and the runner behind ``python -m export3d.evaluate --ablation``."""
+"""The ablation variants (paper Tables 3 and 4) and the runner behind ``python -m export3d.ablation``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from export3d import Export3D
-from export3d.evaluate import build_parser
+from export3d import Export3D, ablation
+from export3d.ablation import build_parser
+from export3d.evaluation.metrics import LPIPSInfo
 from export3d.model.blocks import CodeCrossAttention
 from export3d.model.config import preset
 from export3d.model.network import DirectExpression
-from export3d.training import ablation
+from export3d.training import ablation_results, ablation_runs
 from export3d.training.config import TrainConfig, model_overrides
 from export3d.training.loop import main as train_main
 from export3d.utils.checkpoint import load_checkpoint
@@ -28,14 +29,14 @@ from tests.model.helpers import SMALL, inputs, perturb_modulation
 
 
 def ablation_args(tmp_path, *extra: str) -> argparse.Namespace:
-    return build_parser().parse_args(["--ablation", "--quick", "--jobs", "1", "--threads", "1", "--device", "cpu",
+    return build_parser().parse_args(["--quick", "--jobs", "1", "--threads", "1", "--device", "cpu",
                                       "--out", str(tmp_path / "abl"), *extra])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- variants
-@pytest.mark.parametrize("variant", sorted(ablation.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(ablation_runs.VARIANTS))
 def test_every_variant_builds_runs_forward_and_backward(variant):
-    v = ablation.VARIANTS[variant]
+    v = ablation_runs.VARIANTS[variant]
     cfg = TrainConfig(expression_encoder=v.expression_encoder, n_basis=v.n_basis, conditioning=v.conditioning)
     overrides = model_overrides(cfg) | {k: val for k, val in SMALL.items()}
     torch.manual_seed(0)
@@ -82,33 +83,36 @@ def test_bad_variant_settings_are_named():
     with pytest.raises(ValueError, match="--n-basis must be >= 1"):
         TrainConfig(n_basis=0)
     with pytest.raises(ValueError, match="--variants"):
-        ablation.make_plan(build_parser().parse_args(["--ablation", "--variants", "clebs,e2e"]))
+        ablation_runs.make_plan(build_parser().parse_args(["--variants", "clebs,e2e"]))
     with pytest.raises(ValueError, match="--seeds"):
-        ablation.make_plan(build_parser().parse_args(["--ablation", "--seeds", "0,x"]))
+        ablation_runs.make_plan(build_parser().parse_args(["--seeds", "0,x"]))
+    with pytest.raises(ValueError, match="--pairs must be >= 1"):
+        ablation_runs.make_plan(build_parser().parse_args(["--pairs", "0"]))
 
 
 # ----------------------------------------------------------------------------------------------- runner
 def test_train_command_carries_the_variant_and_resumes(tmp_path):
-    plan = ablation.make_plan(ablation_args(tmp_path, "--variants", "lebs5"))
-    cfg = ablation.run_config(plan, "lebs5", 0, ablation_args(tmp_path))
-    cmd = ablation.train_command(cfg)
+    plan = ablation_runs.make_plan(ablation_args(tmp_path, "--variants", "lebs5"))
+    cfg = ablation_runs.run_config(plan, "lebs5", 0, ablation_args(tmp_path))
+    cmd = ablation_runs.train_command(cfg)
     assert cmd[1:3] == ["-m", "export3d.train"] and "--resume" not in cmd
     pairs = dict(zip(cmd[3::2], cmd[4::2], strict=True))
     assert pairs["--expression-encoder"] == "lebs" and pairs["--n-basis"] == "5" and pairs["--rec-steps"] == "4"
     (tmp_path / "abl" / "lebs5" / "seed0").mkdir(parents=True)
     (tmp_path / "abl" / "lebs5" / "seed0" / "config.json").write_text("{}")
-    assert ablation.train_command(cfg)[-2:] == ["--resume", cfg.out]
+    assert ablation_runs.train_command(cfg)[-2:] == ["--resume", cfg.out]
 
 
 def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, capsys):
     args = ablation_args(tmp_path, "--variants", "direct,xattn")
-    plan = ablation.make_plan(args)
-    interrupted = ablation.run_config(plan, "xattn", 0, args)
+    plan = ablation_runs.make_plan(args)
+    interrupted = ablation_runs.run_config(plan, "xattn", 0, args)
     train_main(dataclasses.replace(interrupted, stop_after=3))  # killed mid-run: a checkpoint, no metrics.json
-    assert ablation.run_state(interrupted) == "partial"
+    assert ablation_runs.run_state(interrupted) == "partial"
     first = ablation.run(args)
     out = capsys.readouterr().out
     assert "resumed from" in out and "reusing" not in out
+    assert "LPIPS(rand)↓" in out and "LPIPS↓" not in out  # no VGG16 weights here: the random-VGG fallback
     total = 3 + 4 + 2  # CLeBS + reconstruction + adversarial steps of --quick
     for variant in ("direct", "xattn"):
         run = first["variants"][variant]["seeds"]["0"]
@@ -122,6 +126,13 @@ def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, ca
     assert set(saved["summary"]) == {"direct", "xattn", "copy_source"}
     mean, half = saved["summary"]["direct"]["cross_identity_psnr"]
     assert half == 0 and mean == saved["variants"]["direct"]["seeds"]["0"]["cross_identity"]["model"]["psnr"]
+    assert "cross_identity_lpips_random_vgg" in saved["summary"]["direct"]
+    assert not any("lpips" in k and "random_vgg" not in k for k in saved["summary"]["copy_source"])
+    assert saved["lpips_network"]["pretrained"] is False
+
+    # a run finished before LPIPS was named after its network stores it as "lpips": reused all the same
+    old = tmp_path / "abl" / "direct" / "seed0" / "metrics.json"
+    old.write_text(old.read_text().replace('"lpips_random_vgg"', '"lpips"'))
 
     again = ablation.run(args)
     out = capsys.readouterr().out
@@ -133,7 +144,7 @@ def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, ca
 
 def test_ctrl_c_stops_every_run_at_a_checkpoint_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "abl"
-    cmd = [sys.executable, "-m", "export3d.evaluate", "--ablation", "--quick", "--jobs", "2", "--threads", "1",
+    cmd = [sys.executable, "-m", "export3d.ablation", "--quick", "--jobs", "2", "--threads", "1",
            "--device", "cpu", "--variants", "direct,lebs5", "--rec-steps", "40", "--out", str(out)]  # fmt: skip
     logs = [out / v / "seed0.train.out" for v in ("direct", "lebs5")]
     runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -159,13 +170,15 @@ def test_ctrl_c_stops_every_run_at_a_checkpoint_and_the_same_command_resumes(tmp
         assert saved["variants"][variant]["seeds"]["0"]["step"] == 40 + 2  # reconstruction + adversarial
 
 def test_summary_is_mean_and_half_range_over_seeds():
-    def run(psnr, acc):
-        block = {"model": {"psnr": psnr, "ssim": 0.5, "lpips": 0.1}, "copy_source": {"psnr": 19.0, "ssim": 0.6,
-                                                                                      "lpips": 0.03}, "pairs": 8}
-        return {"same_identity": block, "cross_identity": block,
+    def run(psnr, acc, pretrained=False):
+        key = "lpips" if pretrained else "lpips_random_vgg"
+        block = {"model": {"psnr": psnr, "ssim": 0.5, key: 0.1}, "copy_source": {"psnr": 19.0, "ssim": 0.6,
+                                                                                  key: 0.03}, "pairs": 8}
+        return {"same_identity": block, "cross_identity": block, "lpips_network": {"pretrained": pretrained,
+                                                                                   "source": "x"},
                 "identity_leak": {"beta": {"accuracy": 1.0}, "beta_prime": {"accuracy": acc}, "chance": 0.25}}
 
-    summary = ablation.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3)},
+    summary = ablation_results.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3)},
                                   "direct": {0: run(20.0, 1.0), 2: run(20.5, 1.0)}})  # fmt: skip
     assert summary["clebs"]["same_identity_psnr"] == (21.5, 0.5)
     assert summary["clebs"]["cross_identity_psnr_gain"] == (2.5, 0.5)  # paired with copy-the-source, seed by seed
@@ -174,7 +187,11 @@ def test_summary_is_mean_and_half_range_over_seeds():
     assert summary["clebs"]["probe_accuracy"] == pytest.approx((0.4, 0.1))
     assert summary["direct"]["cross_identity_ssim"] == (0.5, 0.0)
     assert summary["copy_source"]["cross_identity_psnr"] == (19.0, 0.0)
-    table = ablation.format_ablation(summary, 2, 8, 0.25).splitlines()
+    assert summary["direct"]["same_identity_lpips_random_vgg"] == (0.1, 0.0)
+    table = ablation_results.format_ablation(summary, 2, 8, 0.25, LPIPSInfo(False, "x")).splitlines()
+    assert "LPIPS(rand)↓" in table[1] and table[1].count("LPIPS") == 2
     assert [line.split("|")[0].strip() for line in table[3:6]] == ["Full (CLeBS)", "Direct 3DMM", "Copy source"]
     assert "21.50±0.50" in table[3] and "0.400±0.100 (beta')" in table[3] and "(beta)" in table[4]
     assert "2.50±0.50           -" in table[3] and "-1.00±0.00" in table[4]
+    with pytest.raises(ValueError, match="measured LPIPS with different networks"):
+        ablation_results.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3, pretrained=True)}})
