@@ -34,8 +34,8 @@ EXTRACT_SIZE = 256
 # astronaut photo: centre at the mesh box centre, side 0.93 w ~ 0.79 h (the mean of both is used).
 BOX_SIDE_W, BOX_SIDE_H = 0.93, 0.79
 DESCRIPTION = {
-    "detector": "MediaPipe face landmarker (face_landmarker.task, IMAGE mode); frames without a face are counted, "
-                "not scored",
+    "detector": "MediaPipe face landmarker (face_landmarker.task, IMAGE mode); every method is scored on the pairs "
+                "where all compared images have a face, and each method's face-detection rate is reported",
     "AKD": "dlib 68-point shape predictor (iBUG 300-W points, as FAN's) in a box on MediaPipe's landmarks; mean "
            "point distance in pixels at the model's resolution (paper: FAN)",
     "CSIM": "dlib 128-d ResNet face descriptor; CSIM = 1 - L2 distance / 2 (dlib descriptors are not zero-centred: "
