@@ -20,6 +20,7 @@ The high-resolution branch feeding the upper stages follows Live3DPortrait's E_h
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,28 @@ from export3d.model.blocks import (
 )
 from export3d.model.config import ModelConfig
 from export3d.model.layers import EAdaLN
+
+
+@dataclass(frozen=True)
+class SourceFeatures:
+    """What the generator computes from the source image alone (no expression): computed once per source, it serves
+    every expression code of an animation (:meth:`TriplaneGenerator.encode_source`)."""
+
+    hr: torch.Tensor  # [B, hr, H/2, W/2]: the high-resolution branch
+    tokens: torch.Tensor  # [B, H*W/256, h]: the conv stem's patches, before the conditioned ViT blocks
+    grid: tuple[int, int]  # (H/16, W/16): the token grid
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    def expand(self, batch: int) -> SourceFeatures:
+        """A batch-1 source's features seen ``batch`` times (views, no copy)."""
+        if self.batch == batch:
+            return self
+        if self.batch != 1:
+            raise ValueError(f"source features of batch {self.batch} cannot serve {batch} codes (1 or {batch})")
+        return SourceFeatures(self.hr.expand(batch, -1, -1, -1), self.tokens.expand(batch, -1, -1), self.grid)
 
 
 class TriplaneGenerator(nn.Module):
@@ -127,12 +150,24 @@ class TriplaneGenerator(nn.Module):
         grid = F.affine_grid(theta.expand(B, 2, 3), [B, 3, H, W], align_corners=False)  # [B, H, W, 2]
         return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def generate_raw(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """The network without the EMA: source ``[B, 3, H, W]``, code ``[B, d]`` -> ``[B, 3, C, H/2, W/2]``."""
-        B = source.shape[0]
+    def encode_source(self, source: torch.Tensor) -> SourceFeatures:
+        """The source-only part of the network (plane-frame zoom, high-resolution branch, conv stem, patch merge):
+        source ``[B, 3, H, W]`` -> :class:`SourceFeatures`."""
         source = self.to_plane_frame(source)  # [B, 3, H, W]
         hr = self.hr_branch(source)  # [B, hr, H/2, W/2]
-        x, grid = self.patch_merge(self.stem(source))  # [B, H*W/256, h], grid (H/16, W/16)
+        tokens, grid = self.patch_merge(self.stem(source))  # [B, H*W/256, h], grid (H/16, W/16)
+        return SourceFeatures(hr, tokens, grid)
+
+    def generate_raw(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The network without the EMA: source ``[B, 3, H, W]``, code ``[B, d]`` -> ``[B, 3, C, H/2, W/2]``."""
+        return self.decode(self.encode_source(source), code)
+
+    def decode(self, features: SourceFeatures, code: torch.Tensor) -> torch.Tensor:
+        """The expression-dependent rest of the network, without the EMA: features of batch B or 1, code ``[B, d]``
+        -> ``[B, 3, C, H/2, W/2]``."""
+        B = code.shape[0]
+        features = features.expand(B)
+        x, grid, hr = features.tokens, features.grid, features.hr
         for block in self.low_blocks:
             x = block(x, grid, code)  # [B, H*W/256, h]
         x = tokens_to_map(self.low_norm(x), grid)  # [B, h, H/16, W/16]
@@ -158,6 +193,8 @@ class TriplaneGenerator(nn.Module):
                 self.triplane_ema.mul_(self.ema_decay).add_(batch_mean, alpha=1.0 - self.ema_decay)
         return out
 
-    def forward(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """source ``[B, 3, H, W]`` in [-1, 1], code ``[B, d]`` -> tri-plane ``[B, 3, C, H/2, W/2]``."""
-        return self.apply_ema(self.generate_raw(source, code))
+    def forward(self, source: torch.Tensor | SourceFeatures, code: torch.Tensor) -> torch.Tensor:
+        """source ``[B, 3, H, W]`` in [-1, 1] (or its :class:`SourceFeatures`), code ``[B, d]`` -> tri-plane
+        ``[B, 3, C, H/2, W/2]``."""
+        features = source if isinstance(source, SourceFeatures) else self.encode_source(source)
+        return self.apply_ema(self.decode(features, code))

@@ -25,7 +25,7 @@ from torch import nn
 
 from export3d.model.clebs import LeBS
 from export3d.model.config import IMPLS, KERNEL_IMPLS, ModelConfig, preset
-from export3d.model.generator import TriplaneGenerator
+from export3d.model.generator import SourceFeatures, TriplaneGenerator
 from export3d.model.layers import EAdaLN
 from export3d.model.render import VolumeRenderer
 from export3d.model.superres import SuperResolution
@@ -200,13 +200,25 @@ class Export3D(nn.Module):
         _check_tensor("expression", expression, (None, self.config.expression_dim), "Export3D.encode_expression")
         return self.lebs(self._cast(expression))
 
-    def generate_triplane(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """source ``[B, 3, H, W]`` in [-1, 1], code = beta' ``[B, d]`` -> tri-plane ``[B, 3, C, H/2, W/2]``."""
-        self._check_source(source, "Export3D.generate_triplane")
+    def encode_source(self, source: torch.Tensor) -> SourceFeatures:
+        """The generator's source-only work (stem, high-resolution branch) for source ``[B, 3, H, W]`` in [-1, 1]:
+        compute it once per source and pass it to :meth:`generate_triplane` with any number of codes."""
+        self._check_source(source, "Export3D.encode_source")
+        return self.generator.encode_source(self._cast(source))
+
+    def generate_triplane(self, source: torch.Tensor | SourceFeatures, code: torch.Tensor) -> torch.Tensor:
+        """source ``[B, 3, H, W]`` in [-1, 1] (or its :meth:`encode_source` features, of batch B or 1), code = beta'
+        ``[B, d]`` -> tri-plane ``[B, 3, C, H/2, W/2]``."""
+        where = "Export3D.generate_triplane"
+        if isinstance(source, SourceFeatures):
+            batch = None if source.batch == 1 else source.batch  # one source's features serve any number of codes
+        else:
+            self._check_source(source, where)
+            batch, source = source.shape[0], self._cast(source)
         hint = " (beta' from encode_expression, not the 64-d beta)" if self.config.expression_encoder == "lebs" \
             else " (the 64-d beta: expression_encoder='direct')"  # fmt: skip
-        _check_tensor("code", code, (source.shape[0], self.config.code_dim), "Export3D.generate_triplane", hint)
-        return self.generator(self._cast(source), self._cast(code))
+        _check_tensor("code", code, (batch, self.config.code_dim), where, hint)
+        return self.generator(source, self._cast(code))
 
     def render(self, triplane: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
         """Render a tri-plane ``[B or 1, 3, C, H/2, W/2]`` from cameras ``[B, 25]``; a batch-1 tri-plane is

@@ -163,3 +163,23 @@ def test_generator_writes_the_image_top_into_the_planes_upper_rows():
     P = delta.shape[-1]
     upper, lower = delta[:, P // 2 :].mean(), delta[:, : P // 2].mean()  # rows at v > 0 hold world y > 0
     assert upper > 3 * lower, (upper, lower)
+
+
+def test_source_features_computed_once_serve_every_code():
+    """animate encodes the source once and decodes one tri-plane per driving frame: the same planes as the full
+    forward of the source repeated for every code."""
+    from tests.model.helpers import perturb_modulation
+
+    model = small_model().eval()
+    perturb_modulation(model)  # so that the codes really change the planes
+    source, _, _ = inputs(model, batch=1)
+    betas = torch.randn(5, model.config.expression_dim, generator=torch.Generator().manual_seed(4))
+    codes = model.encode_expression(betas)
+    with torch.no_grad():
+        features = model.encode_source(source)
+        once = model.generate_triplane(features, codes)  # [5, 3, C, P, P]
+        full = model.generate_triplane(source.expand(5, -1, -1, -1), codes)
+    torch.testing.assert_close(once, full, atol=1e-5, rtol=1e-5)
+    assert (once[0] - once[1]).abs().max() > 1e-3  # the codes do change the planes
+    with pytest.raises(ValueError, match="code"):
+        model.generate_triplane(features, codes[:, :3])  # a code of the wrong width still gets a clear error
