@@ -10,13 +10,24 @@ checks the same numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from export3d.kernels import composite_rays, eadaln, pixel_shuffle_lowpass, render_rays, triplane_sample
+from export3d.kernels import (
+    bias_act,
+    composite_rays,
+    downsample2d,
+    eadaln,
+    pixel_shuffle_lowpass,
+    render_rays,
+    setup_filter,
+    triplane_sample,
+    upsample2d,
+)
 from export3d.kernels.utils import saved_tensor_bytes
 
 RAYS, SAMPLES, CHANNELS, PLANE = 64 * 64, 48, 32, 128  # paper preset: 64 x 64 rays, 48 samples, C = 32
@@ -75,13 +86,22 @@ class OpSizes:
     shuffle_in: tuple[int, int]  # pixel_shuffle_lowpass input (channels, side) before the x2 shuffle
     tokens: tuple[int, int]  # eadaln (L, D)
     decoder: tuple[int, int]  # render_rays: decoder hidden width, output features Cf (its S is 2 * samples)
+    # EG3D's ops, (channels, side) of [B, C, side, side]: the super-resolution's FIR upsampling input (block 1 at H/2),
+    # the discriminator's first FIR downsampling input (at H) and its largest bias + lrelu (from_rgb's output at H)
+    upsample: tuple[int, int]
+    downsample: tuple[int, int]
+    bias_act: tuple[int, int]
 
 
 OP_SIZES = {
-    # paper: 1024-wide 32 x 32 map -> 256 x 64 x 64; 256 tokens of h = 1024
-    "paper": OpSizes(1, RAYS, SAMPLES, CHANNELS, PLANE, (4 * 256, 32), (256, 1024), (64, 32)),
-    # tiny: the upper ViT's 128-wide 16 x 16 map -> 32 x 32 x 32; 4 x 4 tokens of h = 128
-    "tiny": OpSizes(TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, (4 * 32, 16), (16, 128), (32, 16)),
+    # paper: 1024-wide 32 x 32 map -> 256 x 64 x 64; 256 tokens of h = 1024; SR 128 x 128 x 128 -> 256 x 256,
+    # discriminator 128 channels at 256 x 256
+    "paper": OpSizes(1, RAYS, SAMPLES, CHANNELS, PLANE, (4 * 256, 32), (256, 1024), (64, 32), (128, 128), (128, 256),
+                     (128, 256)),
+    # tiny: the upper ViT's 128-wide 16 x 16 map -> 32 x 32 x 32; 4 x 4 tokens of h = 128; SR 32 x 32 x 32 -> 64 x 64,
+    # discriminator 32 channels at 64 x 64
+    "tiny": OpSizes(TINY_BATCH, TINY_RAYS, TINY_SAMPLES, TINY_CHANNELS, TINY_PLANE, (4 * 32, 16), (16, 128), (32, 16),
+                    (32, 32), (32, 64), (32, 64)),
 }
 
 
@@ -121,6 +141,14 @@ def sized_case_inputs(op: str, size: str = "paper", device: str = "cuda") -> tup
         w2 = (torch.randn(hidden, 1 + cf, device=device) * hidden**-0.5).requires_grad_(True)
         b2 = torch.zeros(1 + cf, device=device, requires_grad=True)
         return planes, origins.contiguous(), directions, depths.contiguous(), w1, b1, w2, b2
+    if op in ("upsample2d", "downsample2d"):  # x [B, C, side, side] and StyleGAN2's [4, 4] FIR filter (a constant)
+        channels, side = z.upsample if op == "upsample2d" else z.downsample
+        x = torch.randn(B, channels, side, side, device=device, requires_grad=True)
+        return x, setup_filter([1, 3, 3, 1], device=device)
+    if op == "bias_act":  # a conv output [B, C, side, side] and its bias [C]
+        channels, side = z.bias_act
+        x = torch.randn(B, channels, side, side, device=device, requires_grad=True)
+        return x, torch.randn(channels, device=device, requires_grad=True)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -130,6 +158,9 @@ OPS = {
     "pixel_shuffle_lowpass": pixel_shuffle_lowpass,
     "eadaln": eadaln,
     "render_rays": render_rays,
+    "upsample2d": upsample2d,
+    "downsample2d": downsample2d,
+    "bias_act": functools.partial(bias_act, act="lrelu", clamp=256.0),  # EG3D's layers: gain sqrt(2), conv_clamp 256
 }
 
 

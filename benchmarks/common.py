@@ -15,6 +15,7 @@ for a memory-bound kernel. Times are medians; no benchmark asserts on time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +28,14 @@ from torch.utils._pytree import tree_leaves
 from benchmarks.cases import OPS, sized_case_inputs
 from export3d.gpucheck.bandwidth import PEAK_GBPS, op_bytes, peak_bandwidth  # noqa: F401 - re-exported
 from export3d.kernels import (
+    bias_act_ref,
     composite_rays_ref,
+    downsample2d,
     eadaln_ref,
     pixel_shuffle_lowpass_ref,
     render_rays_ref,
     triplane_sample_ref,
+    upsample2d,
 )
 from export3d.kernels.utils import saved_tensor_bytes
 
@@ -43,6 +47,9 @@ REFS = {
     "pixel_shuffle_lowpass": pixel_shuffle_lowpass_ref,
     "eadaln": eadaln_ref,
     "render_rays": render_rays_ref,
+    "upsample2d": functools.partial(upsample2d, impl="reference"),  # upfirdn2d_ref with EG3D's padding and gain
+    "downsample2d": functools.partial(downsample2d, impl="reference"),
+    "bias_act": functools.partial(bias_act_ref, act="lrelu", clamp=256.0),
 }
 TRITON_SKIP = "triton provider needs CUDA (the interpreter is a correctness tool, not a benchmark)"
 

@@ -33,7 +33,8 @@ from .utils import AotSpec, interpreter_enabled
 
 ARCHS = (80, 90)
 # One module per fused op, each with an ``aot_specs()`` list.
-OP_MODULES = ("eadaln", "triplane_sample", "composite_rays", "pixel_shuffle_lowpass", "render_rays")
+OP_MODULES = ("eadaln", "triplane_sample", "composite_rays", "pixel_shuffle_lowpass", "render_rays", "upfirdn2d",
+              "bias_act")
 
 
 @dataclass

@@ -128,4 +128,18 @@ def op_bytes(op: str, mode: str, inputs: Sequence[torch.Tensor]) -> int:
         return e * (3 * B * C * H * W + density_head + B * R * (S - 1)) + origins.element_size() * B * R * (6 + S)
     if op == "pixel_shuffle_lowpass":  # x [B, C*f*f, H, W] -> [B, C, fH, fW]: same element count
         return e * 2 * inputs[0].numel()  # read x (dy), write y (dx); the K filter taps (a few bytes) left out
+    if op in ("upsample2d", "downsample2d"):  # x [B, C, H, W], fp32 filter f -> [B, C, 2H, 2W] or [B, C, H/2, W/2]
+        x, f = inputs  # EG3D's default factor 2 and padding: the output is 2H x 2W (H // 2 x W // 2)
+        B, C, H, W = x.shape
+        out = B * C * (4 * H * W if op == "upsample2d" else (H // 2) * (W // 2))
+        # fwd: read x and f, write y; bwd (upfirdn2d of dy with up and down swapped): read dy and f, write dx
+        return e * (x.numel() + out) + f.numel() * f.element_size()
+    if op == "bias_act":  # x [..., C, ...], b [C], as the registry and benchmarks call it: lrelu, clamp 256
+        x, b = inputs
+        n, C = x.numel(), b.numel()
+        if fwd:  # read x and b, write y
+            return e * (2 * n + C)
+        # read dy and what the forward saved, write dx and db: y in fp32; below fp32 a clamped lrelu saved x and b
+        # instead (exact clamp masks: see kernels/bias_act.py), as smooth activations always do
+        return e * (3 * n + C) + (e * C if e < 4 else 0)
     raise ValueError(f"unknown op {op!r}")

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 import torch
 
 from export3d.kernels import (
+    bias_act,
     composite_rays,
     default_lowpass_taps,
+    downsample2d,
     eadaln,
     pixel_shuffle_lowpass,
     render_rays,
     render_rays_weights,
+    setup_filter,
     triplane_sample,
+    upsample2d,
 )
 from export3d.model.config import ModelConfig, preset
 
@@ -39,13 +43,19 @@ class Sizes:
     rays: tuple[int, int, int]  # composite_rays and render_rays (R, S, C): the final pass over coarse + fine samples
     shuffle: tuple[int, int]  # pixel_shuffle_lowpass input (channels, side) before the x2 shuffle
     decoder_hidden: int  # render_rays' decoder MLP width
+    # EG3D's ops (channels, side) of [B, C, side, side]: super-resolution block 1's FIR upsampling input (H/2), the
+    # discriminator's first FIR downsampling input (H) and its largest bias + activation (from_rgb's output at H)
+    upsample: tuple[int, int] = (3, 5)
+    downsample: tuple[int, int] = (3, 6)
+    bias_act: tuple[int, int] = (5, 7)
 
 
 def model_sizes(cfg: ModelConfig, batch: int) -> Sizes:
     """The shapes the model runs each op at: the EAdaLN-ViT tokens, the tri-plane and one render pass, the final
     composite over coarse + fine samples, and the largest pixel shuffle (the upper ViT's map)."""
-    g, r = cfg.generator, cfg.render
+    g, r, d = cfg.generator, cfg.render, cfg.discriminator
     H, rays = cfg.image_size, cfg.render_resolution**2
+    disc_width = min(d.channel_base // H, d.channel_max)  # the discriminator's channels at resolution H
     return Sizes(
         batch=batch,
         tokens=((H // 16) ** 2, g.hidden),
@@ -54,6 +64,9 @@ def model_sizes(cfg: ModelConfig, batch: int) -> Sizes:
         rays=(rays, r.n_coarse + r.n_fine, r.feature_channels),
         shuffle=(g.high_hidden, H // 4),
         decoder_hidden=r.decoder_hidden,
+        upsample=(cfg.superres.channels[0], H // 2),
+        downsample=(disc_width, H),
+        bias_act=(disc_width, H),
     )
 
 
@@ -61,7 +74,7 @@ def sizes(name: str) -> Sizes:
     """``"paper"`` (batch 2), ``"tiny"`` (batch 8, its training batch) or ``"small"`` (for the interpreter)."""
     if name == "small":
         return Sizes(batch=2, tokens=(5, 1100), planes=(16, 8), points=40, rays=(9, 6, 16), shuffle=(16, 6),
-                     decoder_hidden=16)
+                     decoder_hidden=16, upsample=(5, 7), downsample=(3, 10), bias_act=(7, 9))
     return model_sizes(preset(name), 2 if name == "paper" else 8)
 
 
@@ -151,6 +164,30 @@ def _render_weights_run(leaves: Tensors, impl: str) -> Tensors:
     return (render_rays_weights(*leaves, axes="xyz", box_warp=1.0, density_bias=-1.0, impl=impl),)
 
 
+def _resample_leaves(z: Sizes, dtype, device, seed, which: str) -> Tensors:
+    channels, side = getattr(z, which)
+    x = torch.randn(z.batch, channels, side, side, generator=_gen(seed))  # [B, C, side, side]
+    return _leaf(x, dtype, device), setup_filter([1, 3, 3, 1], device=device)  # StyleGAN2's FIR, a constant [4, 4]
+
+
+def _upsample_run(leaves: Tensors, impl: str) -> Tensors:
+    return (upsample2d(*leaves, impl=impl),)  # [B, C, 2 side, 2 side]
+
+
+def _downsample_run(leaves: Tensors, impl: str) -> Tensors:
+    return (downsample2d(*leaves, impl=impl),)  # [B, C, side / 2, side / 2]
+
+
+def _bias_act_leaves(z: Sizes, dtype, device, seed) -> Tensors:
+    g, (channels, side) = _gen(seed), z.bias_act
+    x = torch.randn(z.batch, channels, side, side, generator=g) * 100  # a conv output; some of it beyond the clamp
+    return _leaf(x, dtype, device), _leaf(torch.randn(channels, generator=g), dtype, device)
+
+
+def _bias_act_run(leaves: Tensors, impl: str) -> Tensors:
+    return (bias_act(*leaves, act="lrelu", clamp=256.0, impl=impl),)  # EG3D's layers: gain sqrt(2), conv_clamp 256
+
+
 @dataclass(frozen=True)
 class OpEntry:
     name: str
@@ -173,6 +210,11 @@ OPS: dict[str, OpEntry] = {
         OpEntry("pixel_shuffle_lowpass", _psl_leaves, _psl_run, bitwise=True),
         OpEntry("render_rays", _render_leaves, _render_run, bitwise=False),  # plane-gradient atomics
         OpEntry("render_rays_weights", _render_weights_leaves, _render_weights_run, bitwise=True, module="render_rays"),
+        OpEntry("upsample2d", lambda *a: _resample_leaves(*a, "upsample"), _upsample_run, bitwise=True,
+                module="upfirdn2d"),
+        OpEntry("downsample2d", lambda *a: _resample_leaves(*a, "downsample"), _downsample_run, bitwise=True,
+                module="upfirdn2d"),
+        OpEntry("bias_act", _bias_act_leaves, _bias_act_run, bitwise=True),  # db: partial sums, no atomics
     )
 }
 

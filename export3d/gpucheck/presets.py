@@ -69,7 +69,38 @@ def _workloads(preset: str):
             planes = model.generate_triplane(source, model.encode_expression(beta))
             model.render(torch.nan_to_num(planes), _cameras(2))  # unrun kernels leave garbage: render checks it
 
-    return [(f"{preset} train fp32", train(False)), (f"{preset} train bf16", train(True)), (f"{preset} infer", infer)]
+    return [(f"{preset} train fp32", train(False)), (f"{preset} train bf16", train(True)), (f"{preset} infer", infer),
+            *_eg3d_op_workloads(preset)]
+
+
+def _eg3d_op_workloads(preset: str):
+    """EG3D's upsample2d / downsample2d / bias_act at the shapes the super-resolution and the discriminator run them
+    (``export3d.gpucheck.ops.model_sizes``), forward, backward and, for bias_act, R1's double backward, in fp32 and
+    bf16. The model does not call these ops yet (issue 25's second half); once it does, its own training step
+    records them and this workload can go."""
+    from export3d.gpucheck.ops import model_sizes
+    from export3d.kernels import bias_act, downsample2d, setup_filter, upsample2d
+    from export3d.model.config import preset as preset_config
+
+    z = model_sizes(preset_config(preset), batch=1)
+
+    def leaf(shape, dtype):
+        return torch.randn(shape).to(dtype).requires_grad_(True)
+
+    def run(dtype):
+        def go():
+            f = setup_filter([1, 3, 3, 1])
+            (c, s), (cd, sd), (ca, sa) = z.upsample, z.downsample, z.bias_act
+            upsample2d(leaf((1, c, s, s), dtype), f, impl="triton").square().sum().backward()
+            downsample2d(leaf((1, cd, sd, sd), dtype), f, impl="triton").square().sum().backward()
+            x, b = leaf((1, ca, sa, sa), dtype), leaf((ca,), dtype)
+            y = bias_act(x, b, act="lrelu", clamp=256.0, impl="triton")
+            (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)  # R1: the gradient of D's input
+            dx.square().sum().backward()
+
+        return go
+
+    return [(f"{preset} eg3d-ops fp32", run(torch.float32)), (f"{preset} eg3d-ops bf16", run(torch.bfloat16))]
 
 
 @contextlib.contextmanager

@@ -6,11 +6,15 @@ no data), so the reference is the kernels' real signatures, not a second copy of
 inside a launcher (fp32 atomic accumulators, per-program partial sums) are not among them and not compulsory.
 """
 
+import math
+
 import pytest
 import torch
 
 import export3d.kernels  # noqa: F401 - registers the export3d:: custom ops
 from export3d.gpucheck.bandwidth import op_bytes
+from export3d.kernels.upfirdn2d import backward_padding
+from export3d.kernels.utils import saved_tensor_bytes
 
 DTYPES = (torch.float32, torch.bfloat16)
 B, C, H, W = 2, 5, 6, 7  # planes [B, 3, C, H, W]
@@ -86,12 +90,46 @@ def _render_rays(dtype):
     return inputs, _nbytes(*inputs, *out), _nbytes(*bwd_in, *grads)
 
 
+def _resample(dtype, up, down, padding):
+    """upfirdn2d as upsample2d / downsample2d call it with a [4, 4] filter; the backward is the op again."""
+    x, f = _meta(B, C, H + 1, W + 1, dtype=dtype), _meta(4, 4)  # even sides: [B, C, 7, 8]
+    y = torch.ops.export3d.upfirdn2d_fwd(x, f, up, down, padding, False, 1.0)
+    (dy,) = _grads(y)
+    p = backward_padding(x.shape[2:], y.shape[2:], f, up, down, padding)
+    dx = torch.ops.export3d.upfirdn2d_fwd(dy, f, down, up, p, True, 1.0)
+    assert dx.shape == x.shape
+    return (x, f), _nbytes(x, f, y), _nbytes(dy, f, dx)
+
+
+def _upsample2d(dtype):
+    return _resample(dtype, [2, 2], [1, 1], [2, 1, 2, 1])
+
+
+def _downsample2d(dtype):
+    return _resample(dtype, [1, 1], [2, 2], [1, 1, 1, 1])
+
+
+def _bias_act(dtype):
+    x, b = _meta(B, C, H, W, dtype=dtype).requires_grad_(), _meta(C, dtype=dtype).requires_grad_()
+    args = (1, "lrelu", 0.2, math.sqrt(2), 256.0)  # as the registry calls it
+    _, saved, y = saved_tensor_bytes(torch.ops.export3d.bias_act_fwd, x, b, *args)
+    from_y = any(t is y for t in saved)  # fp32: y (b is kept for db's shape only, and not read); else x and b
+    read = [y] if from_y else [x, b]
+    assert from_y == (dtype == torch.float32) and all(any(t is r for t in saved) for r in read)
+    (dy,) = _grads(y)
+    grads = torch.ops.export3d.bias_act_bwd(dy, None if from_y else x, b, y if from_y else None, *args, True)
+    return (x, b), _nbytes(x, b, y), _nbytes(dy, *read, *grads)  # grads: dx, db
+
+
 CASES = {
     "eadaln": _eadaln,
     "triplane_sample": _triplane_sample,
     "composite_rays": _composite_rays,
     "pixel_shuffle_lowpass": _pixel_shuffle_lowpass,
     "render_rays": _render_rays,
+    "upsample2d": _upsample2d,
+    "downsample2d": _downsample2d,
+    "bias_act": _bias_act,
 }
 
 

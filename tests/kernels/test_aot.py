@@ -21,15 +21,18 @@ def test_aot_compiles_every_kernel_without_spills(tmp_path):
     hand = [r for r in rows if r["covers"] == "hand"]
     assert len(hand) == len(all_specs()) * len(ARCHS)
     kernels = {spec.kernel.__name__ for spec in all_specs()}
-    for stem in ("_eadaln", "_triplane_sample", "_composite", "_psl", "_render"):  # every fused op, fwd and bwd
+    for stem in ("_eadaln", "_triplane_sample", "_composite", "_psl", "_render", "_bias_act"):  # fwd and bwd
         assert {f"{stem}_fwd_kernel", f"{stem}_bwd_kernel"} <= kernels, stem
+    assert "_upfirdn2d_kernel" in kernels  # upfirdn2d's backward is upfirdn2d: one kernel
     for name in kernels:
         archs = {r["arch"] for r in rows if r["kernel"] == name}
         assert archs == {f"sm_{a}" for a in ARCHS}, name
     assert all(r["error"] == "" and r["spill_bytes"] == 0 and r["registers"] > 0 for r in rows)
     # the presets' own configurations: both presets, forward and backward of every op the model runs on the Triton
-    # path (the renderer's is render_rays; triplane_sample and composite_rays serve its reference path and users)
-    model_kernels = {f"{stem}_{d}_kernel" for stem in ("_eadaln", "_psl", "_render") for d in ("fwd", "bwd")}
+    # path (the renderer's is render_rays; triplane_sample and composite_rays serve its reference path and users),
+    # and EG3D's ops at the super-resolution's and discriminator's shapes (the presets' eg3d-ops workloads)
+    stems = ("_eadaln", "_psl", "_render", "_bias_act")
+    model_kernels = {f"{stem}_{d}_kernel" for stem in stems for d in ("fwd", "bwd")} | {"_upfirdn2d_kernel"}
     for preset in ("paper", "tiny"):
         launched = [r for r in rows if f"{preset}[" in r["covers"]]
         assert {r["kernel"] for r in launched} == model_kernels, preset
