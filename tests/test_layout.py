@@ -28,6 +28,7 @@ LAYERS = {
     "data": 1,
     "evaluation": 2,
     "training": 3,
+    "animation": 3,
     "profiling": 4,
     "train": 5,
     "evaluate": 5,
