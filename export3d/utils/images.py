@@ -1,4 +1,4 @@
-"""Image I/O shared by training, evaluation and animation: tensors in [-1, 1] <-> PNG files and grids."""
+"""Image I/O shared by training, evaluation and animation: tensors in [-1, 1] <-> PNG files and grids; photos."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from export3d.utils.outputs import replacing_file
 
@@ -60,12 +60,32 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     RGBA is composited on white; 16-bit greyscale (PIL modes ``I;16*`` / ``I``) is scaled from [0, 65535].
     Raises ``ValueError`` naming the file when it cannot be read or is larger than PIL's pixel limit.
     """
+    return centre_square(open_rgb(path), size)
+
+
+def read_photo(path: str | os.PathLike) -> np.ndarray:
+    """A photo as it is meant to be seen -> RGB uint8 ``[H, W, 3]``: EXIF orientation applied, any colour mode.
+
+    Cameras store portrait shots sideways with an EXIF Orientation tag; a face detector given the stored pixels
+    sees a face lying on its side. Colour modes as :func:`load_image` (RGBA on white, 16-bit grey scaled);
+    ``FileNotFoundError`` / ``ValueError`` naming the file.
+    """
+    return np.asarray(open_rgb(path, upright=True, what="photo"))
+
+
+def open_rgb(path: str | os.PathLike, upright: bool = False, what: str = "image") -> Image.Image:
+    """Any common image file as an RGB PIL image; ``upright``: with its EXIF orientation applied.
+
+    ``what`` starts the error messages (the argument the file came from).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image: no file at {path}")
+        raise FileNotFoundError(f"{what}: no file at {path}")
     try:
         with Image.open(path) as im:
             im.load()
+            if upright:
+                im = ImageOps.exif_transpose(im)
             if im.mode.startswith("I;16") or im.mode == "I":  # PIL's RGB conversion would clip these to white
                 wide = np.asarray(im, dtype=np.float64)
                 im = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
@@ -76,10 +96,10 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
             else:
                 im = im.convert("RGB")
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"image: {path} is too large ({exc}); crop or downscale it first") from exc
+        raise ValueError(f"{what}: {path} is too large ({exc}); crop or downscale it first") from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"image: cannot read {path} as an image ({exc})") from exc
-    return centre_square(im, size)
+        raise ValueError(f"{what}: cannot read {path} as an image ({exc})") from exc
+    return im
 
 
 def centre_square(im: Image.Image, size: int) -> torch.Tensor:

@@ -49,3 +49,53 @@ def write_astronaut_frames(folder: Path, frames: int = FRAMES, blank: tuple[int,
                                    borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
         Image.fromarray(frame).save(folder / f"{t:05d}.png")
     return folder
+
+
+# ----------------------------------------------------------------------------------------------- small faces
+CANVAS = (960, 540)  # (width, height) of the "full-body" frames: the photo placed small on a grey background
+SMALL_SCALE = 0.68  # the photo's scale there: her face (about 106 px in the photo) becomes about 72 px, 1 % of the area
+BACKGROUND = 100  # grey level around the placed photo
+
+
+def small_transform(t: int, frames: int = FRAMES) -> np.ndarray:
+    """The 2x3 affine map from photo pixels to frame t of the small-face clip: the roll of :func:`motion` about
+    PIVOT, the photo scaled by SMALL_SCALE, and PIVOT moved from 30 % to 60 % of the canvas width over the clip."""
+    import cv2
+
+    roll, dx, dy = motion(t)
+    m = cv2.getRotationMatrix2D(PIVOT, roll, SMALL_SCALE)  # keeps PIVOT in place
+    x = CANVAS[0] * (0.3 + 0.3 * t / max(frames - 1, 1)) + dx
+    y = CANVAS[1] * 0.35 + dy
+    m[:, 2] += (x - PIVOT[0], y - PIVOT[1])
+    return m
+
+
+def place(photo: np.ndarray, transform: np.ndarray, size: tuple[int, int] = CANVAS,
+          canvas: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """``photo`` warped by the 2x3 ``transform`` onto ``canvas`` (default: a grey ``size`` = (width, height) one)."""
+    import cv2
+
+    if canvas is None:
+        canvas = np.full((size[1], size[0], 3), BACKGROUND, np.uint8)
+    mask = cv2.warpAffine(np.ones(photo.shape[:2], np.uint8), transform, (canvas.shape[1], canvas.shape[0]),
+                          flags=cv2.INTER_NEAREST)  # fmt: skip
+    warped = cv2.warpAffine(photo, transform, (canvas.shape[1], canvas.shape[0]), flags=cv2.INTER_LINEAR)
+    return np.where(mask[..., None] > 0, warped, canvas)
+
+
+def small_face_frame(t: int, frames: int = FRAMES) -> np.ndarray:
+    """Frame t of the small-face clip # [540, 960, 3] uint8."""
+    import skimage.data
+
+    return place(skimage.data.astronaut(), small_transform(t, frames))
+
+
+def write_small_face_frames(folder: Path, frames: int = FRAMES, blank: tuple[int, ...] = ()) -> Path:
+    """The small-face clip as ``folder/00000.png`` ...; frames listed in ``blank`` are the grey canvas alone."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        frame = np.full((CANVAS[1], CANVAS[0], 3), BACKGROUND, np.uint8) if t in blank else small_face_frame(t, frames)
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    return folder
