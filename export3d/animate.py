@@ -1,105 +1,110 @@
-"""Animation: ``python -m export3d.animate --checkpoint RUN --source IMAGE --out OUT.mp4 <driving>``.
+"""Animation: ``python -m export3d.animate --checkpoint RUN --source PHOTO --driving VIDEO --out OUT.mp4``.
 
-The source is an image file (any common format, RGB / RGBA / greyscale, any size: centre-cropped to a
-square and resized to the model's resolution; the model expects a face crop with the nose at the
-centre, like its training data) or ``synthetic:ID`` (a synthetic test identity of the checkpoint's
-run: its most frontal frame of clip 0). Exactly one driving signal:
+The source is a photo (any size, EXIF orientation, colour mode): every face is found (a whole-image detector, then
+MediaPipe's landmarker on a crop around each face) and cut exactly as ``prepare`` cuts a video frame; ``--face N``
+picks one (left to right; the largest by default, the others listed), ``--all-faces`` animates them all with the
+same driver. ``--no-align`` uses the image as it is (centre square: an image that already is a face crop). Or
+``synthetic:ID`` (a held-out synthetic identity of the checkpoint's run: its most frontal frame of clip 0).
 
-- ``--driving FOLDER``: one clip folder of the on-disk format (``params.npz`` with ``expression [T, E]``
-  and ``camera [T, 25]``, plus optional frames: PNG/JPEG files or one mp4); each frame's expression
-  and camera drive one output frame.
-- ``--driving VIDEO``: a real video (mp4, mov, ...) or a folder of frame images without ``params.npz``: each
-  frame's expression (52 MediaPipe blendshapes) and camera (PnP head pose) come from the per-frame pipeline
-  of ``python -m export3d.data.prepare``; the checkpoint must take 52-d expressions (trained with
-  ``--expression-source landmarker`` or on prepared clips). Frames without a face are dropped and counted.
-- ``--driving synthetic:ID[:CLIP]``: a synthetic test clip; ID indexes the test identities (0, 1, ...)
-  or is an identity itself (>= 1000000); CLIP defaults to 0.
-- ``--orbit``: the source's own expression (a synthetic source's beta; for an image, the neutral
-  expression beta = 0, since no 3DMM fitter ships here) while the camera sweeps yaw and pitch.
-- ``--basis K --range A B``: paper Fig. 9: the coefficient lambda_K of the learned basis (K = 1..n, the
-  paper's v_K) of the source's expression is scaled by a factor going from A to B (``--basis-mode set``
-  sets lambda_K to the value instead), frontal camera.
+Exactly one driving signal:
 
-The tri-plane is generated once per expression and rendered per camera (orbit: one tri-plane). The
-video is H.264 (libx264, yuv420p) through imageio-ffmpeg; ``--frames`` also writes every frame as PNG
-into ``OUT_frames/`` and a contact sheet ``OUT_sheet.png`` (driving row, if any, above the output row).
+- ``--driving VIDEO``: a real video (mp4, mov, ...) or a folder of frame images. Its face is tracked (small faces
+  too), and every frame gives an expression (52 MediaPipe blendshapes) and a camera (PnP head pose), filtered
+  (One Euro; ``--smooth 0`` turns it off). Frames without a face take the nearest frame's signals, so the output
+  has one frame per driving frame, at the driver's frame rate, with the driver's sound. The checkpoint must take
+  52-d expressions (trained with ``--expression-source landmarker`` or on clips from ``prepare``).
+- ``--driving FOLDER``: a clip folder of the on-disk format (``params.npz`` with ``expression [T, E]`` and
+  ``camera [T, 25]``, optional frames); ``--driving synthetic:ID[:CLIP]``: a held-out synthetic clip.
+- ``--orbit``: the source's own expression while the camera sweeps yaw and pitch.
+- ``--basis K --range A B``: paper Fig. 9: coefficient lambda_K of the learned basis of the source's expression
+  scaled by a factor from A to B (``--basis-mode set`` sets it instead), frontal camera.
+
+``--motion relative`` (the default with a photo source) adds the driver's change from its reference frame
+(``--reference-frame``) to the source's own expression and head pose; ``absolute`` (the default otherwise) uses the
+driver's as they are (the paper's reenactment). A model of 64-d 3DMM expressions cannot read a photo's expression
+here (no 3DMM fitter ships): the source expression is then the neutral one, zeros, and the command says so.
+
+Output: frames of the photo with each face pasted back (``--max-size`` caps the longer side; ``--no-paste-back``
+writes the model's crops instead, ``--video-size`` px), H.264 through imageio-ffmpeg. ``--frames`` also writes
+every frame as PNG into ``OUT_frames/``, the aligned source crop as ``OUT_source.png`` and a contact sheet
+``OUT_sheet.png``. The last line gives the time per frame of each stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
-from export3d.cameras import orbit_camera_deg
-from export3d.evaluation.animation import (
-    Driving,
+from export3d.animation.animator import AnimationResult, AnimationSettings, Animator, Drive, Face, StageClock
+from export3d.animation.inputs import (
+    basis_codes,
+    image_source,
     is_driving_video,
     load_clip_folder,
-    load_driving_video,
-    load_source,
     orbit_cameras,
-    render_frames,
-    synthetic_clip,
-    video_frame,
+    synthetic_driver,
+    synthetic_source,
 )
-from export3d.evaluation.loading import load_model
-from export3d.model import Export3D
+from export3d.cameras import orbit_camera_deg
 from export3d.model.config import PRESETS
 from export3d.utils.cli import add_debug_flag, run_command
-from export3d.utils.distributed import resolve_device
-from export3d.utils.images import make_grid, save_png
-from export3d.utils.outputs import check_output_file, check_output_folder, replacing_file, replacing_folder
+from export3d.utils.outputs import check_output_file, check_output_folder
 
 MAX_VIDEO_SIZE = 4096
+DEFAULT_FPS = 25.0
 
 
-# ----------------------------------------------------------------------------------------------- driving
-@torch.no_grad()
-def build_driving(args: argparse.Namespace, model: Export3D, meta: dict, beta: torch.Tensor) -> Driving:
-    """The codes and cameras of every output frame. ``beta [64]``: the source's own expression."""
-    H, device = model.config.image_size, next(model.parameters()).device
-    if args.driving is not None and args.driving.startswith("synthetic:"):
-        source, clip = synthetic_clip(args.driving, "--driving", meta, H)
-        frames = range(min(source.clips[clip].frames, args.max_frames or sys.maxsize))
-        data = source.load([(clip, list(frames))])[0]
-        betas, cameras, images, label = data["beta"], data["camera"], data["image"], source.clips[clip].name
-    elif args.driving is not None and is_driving_video(args.driving):
-        betas, cameras, images, record = load_driving_video(args.driving, H, model.config.expression_dim,
-                                                            args.max_frames, progress=not args.quiet)  # fmt: skip
-        label = f"{args.driving} ({record['frames']} frames with a face, {record['dropped_no_face']} without dropped)"
-    elif args.driving is not None:
-        betas, cameras, images = load_clip_folder(args.driving, H, model.config.expression_dim)
-        keep = slice(0, args.max_frames)  # max_frames None keeps every frame
-        betas, cameras, images = betas[keep], cameras[keep], None if images is None else images[keep]
-        label = str(args.driving)
-    elif args.orbit:
-        cameras = orbit_cameras(args.num_frames, args.yaw, args.pitch)
-        return Driving(model.encode_expression(beta[None].to(device)), cameras, None, "orbit")
-    else:
-        lebs = model.lebs
-        if model.config.expression_encoder != "lebs":
-            raise ValueError("--basis: this checkpoint's expression encoder is 'direct' (no learned basis)")
-        n = lebs.n_basis
-        if not 1 <= args.basis <= n:
-            raise ValueError(f"--basis: K must be in 1..{n} (the paper's v_1..v_{n}), got {args.basis}")
-        coefficients = lebs.coefficients(beta[None].to(device))  # [1, n]
+# ----------------------------------------------------------------------------------------------- sources
+def read_faces(args: argparse.Namespace, animator: Animator, settings: AnimationSettings) -> list[Face]:
+    """``--source`` -> the faces to animate: a photo's (aligned), a synthetic identity, or an image as it is."""
+    E, S = animator.model.config.expression_dim, animator.size
+    if args.source.startswith("synthetic:"):
+        image, expression, camera, label = synthetic_source(args.source, animator.meta, S)
+        return [Face(image, expression, camera, None, label)]
+    if args.no_align:
+        print("note: --no-align: the image is used as it is (centre square); its expression and camera are not read: "
+              "the neutral expression (zeros) and the frontal camera stand in for them")
+        frontal = orbit_camera_deg(0.0).double().numpy()
+        return [Face(image_source(args.source, S), np.zeros(E), frontal, None, f"{args.source} (not aligned)")]
+    return animator.photo_faces(args.source, settings)
+
+
+# ----------------------------------------------------------------------------------------------- drivers
+def read_drive(args: argparse.Namespace, animator: Animator, settings: AnimationSettings) -> Drive:
+    """The driving signal of ``--driving`` / ``--orbit`` / ``--basis``."""
+    model, S, fps = animator.model, animator.size, args.fps or DEFAULT_FPS
+    if args.orbit:
+        cameras = orbit_cameras(args.num_frames, args.yaw, args.pitch).double().numpy()
+        return Drive(None, cameras, fps, "orbit", codes_of=lambda face: animator.codes(face.expression[None]))
+    if args.basis is not None:
         values = torch.linspace(args.range[0], args.range[1], args.num_frames).tolist()
-        rows = [lebs.scale_coefficients(coefficients, args.basis - 1, v) if args.basis_mode == "scale"
-                else coefficients.index_fill(1, torch.tensor([args.basis - 1], device=device), v)
-                for v in values]  # fmt: skip
-        k, (a, b) = args.basis, args.range
-        print(f"basis v_{k}: lambda_{k} of the source expression = {coefficients[0, k - 1].item():+.4f}; "
-              f"{args.basis_mode} {a:g} -> {b:g}")  # fmt: skip
-        return Driving(lebs.from_coefficients(torch.cat(rows)), orbit_camera_deg(0.0, 0.0)[None], None, "basis")
-    return Driving(model.encode_expression(betas.to(device)), cameras, images, label)
+
+        def sweep(face: Face) -> torch.Tensor:
+            expression = torch.as_tensor(face.expression, dtype=torch.float32).to(animator.device)
+            codes, note = basis_codes(model, expression, args.basis, values, args.basis_mode)
+            print(note)
+            return codes
+
+        return Drive(None, orbit_camera_deg(0.0)[None].double().numpy(), fps, "basis", codes_of=sweep,
+                     length=args.num_frames)  # fmt: skip
+    if args.driving.startswith("synthetic:"):
+        expression, cameras, frames, label = synthetic_driver(args.driving, animator.meta, S, args.max_frames)
+        return Drive(expression, cameras, fps, label, frames=frames)
+    if is_driving_video(args.driving):
+        return animator.video_drive(args.driving, settings, args.fps)
+    beta, cameras, frames = load_clip_folder(args.driving, S, model.config.expression_dim)
+    keep = slice(0, args.max_frames)  # max_frames None keeps every frame
+    return Drive(beta[keep].double().numpy(), cameras[keep].double().numpy(), fps, str(args.driving),
+                 frames=None if frames is None else frames[keep])  # fmt: skip
 
 
-def animate(args: argparse.Namespace) -> dict:
+# ----------------------------------------------------------------------------------------------- the run
+def check_destinations(args: argparse.Namespace) -> None:
+    """Every output path is checked before the model is loaded: a bad destination fails in a second."""
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out: {out} must end in .mp4 (H.264 video)")
@@ -107,59 +112,36 @@ def animate(args: argparse.Namespace) -> dict:
     if size is not None and (size % 16 or not 16 <= size <= MAX_VIDEO_SIZE):
         raise ValueError(f"--video-size: {size} must be a multiple of 16 (H.264 macroblocks) from 16 to "
                          f"{MAX_VIDEO_SIZE}")  # fmt: skip
-    frames_dir, sheet_path = out.with_name(out.stem + "_frames"), out.with_name(out.stem + "_sheet.png")
-    check_output_file(out, "--out")  # before the model is even loaded: a bad destination fails in a second
+    check_output_file(out, "--out")
     if args.frames:
-        check_output_folder(frames_dir, "--frames")
-        check_output_file(sheet_path, "--frames")
-    device = resolve_device(args.device)
-    model, meta, folder = load_model(args.checkpoint, device, args.preset, args.resolution)
-    H = model.config.image_size
-    size = args.video_size or H
-    image, beta, source_label = load_source(args.source, meta, H)
-    if beta is None and (args.orbit or args.basis is not None):
-        print("note: the source is an image: using the neutral expression beta = 0 (no 3DMM fitter ships here)")
-        beta = torch.zeros(model.config.expression_dim)
-    driving = build_driving(args, model, meta, beta if beta is not None else torch.zeros(model.config.expression_dim))
-    T = driving.length
-    sheet_idx = sorted({round(i * (T - 1) / max(min(T, 8) - 1, 1)) for i in range(min(T, 8))})
-    sheet = {}
-    import imageio.v2 as iio
+        check_output_folder(out.with_name(out.stem + "_frames"), "--frames")
+        for suffix in ("_sheet.png", "_source.png"):
+            check_output_file(out.with_name(out.stem + suffix), "--frames")
 
-    # The video and the frames go to temporary names and replace the destinations only once all is written.
-    with contextlib.ExitStack() as stack:
-        video_tmp = stack.enter_context(replacing_file(out))
-        frames_tmp = stack.enter_context(replacing_folder(frames_dir)) if args.frames else None
-        writer = iio.get_writer(video_tmp, format="FFMPEG", mode="I", fps=args.fps, codec="libx264",
-                                pixelformat="yuv420p", macro_block_size=16, quality=8)  # fmt: skip
-        with contextlib.closing(writer):
-            index = 0
-            with tqdm(total=T, desc="frames", unit="frame", disable=args.quiet) as bar:
-                for chunk in render_frames(model, image, driving, args.batch_size):
-                    for frame in chunk:
-                        writer.append_data(video_frame(frame, size))
-                        if frames_tmp is not None:
-                            save_png(frame, frames_tmp / f"{index:05d}.png")
-                        if index in sheet_idx:
-                            sheet[index] = frame
-                        index += 1
-                    bar.update(chunk.shape[0])
-        if index != T or index == 0:
-            raise RuntimeError(f"--out: rendered {index} of {T} frames; nothing was written")
-    result = {"video": str(out), "frames": T, "size": size, "fps": args.fps, "source": source_label,
-              "driving": driving.label, "checkpoint": str(folder)}  # fmt: skip
-    if args.frames:
-        # Columns: the source (below a blank when there is a driving row), then the sampled frames
-        # (driving image above the output). Each column is [rows, 3, H, W].
-        top = [] if driving.frames is None else [torch.ones(3, H, H)]
-        columns = [torch.stack([*top, image])]
-        for i in sheet_idx:
-            columns.append(torch.stack(([] if driving.frames is None else [driving.frames[i]]) + [sheet[i]]))
-        result["sheet"] = str(save_png(make_grid(columns), sheet_path))
-        result["frames_dir"] = str(frames_dir)
-    extra = f"; PNG frames in {frames_dir}/, contact sheet {result['sheet']}" if args.frames else ""
-    print(f"wrote {out} ({T} frames, {size}x{size}, {args.fps:g} fps, H.264) from {source_label} driven by "
-          f"{driving.label}{extra}")  # fmt: skip
+
+def settings_of(args: argparse.Namespace) -> AnimationSettings:
+    photo = not args.source.startswith("synthetic:") and not args.no_align
+    motion = args.motion or ("relative" if photo else "absolute")
+    return AnimationSettings(motion=motion, reference_frame=args.reference_frame, smooth=args.smooth,
+                             paste_back=photo and not args.no_paste_back, max_size=args.max_size, face=args.face,
+                             all_faces=args.all_faces, batch_size=args.batch_size, max_frames=args.max_frames,
+                             video_size=args.video_size)  # fmt: skip
+
+
+def animate(args: argparse.Namespace) -> AnimationResult:
+    check_destinations(args)
+    settings = settings_of(args)
+    with Animator(args.checkpoint, args.device, args.preset, args.resolution, progress=not args.quiet) as animator:
+        clock = StageClock()
+        with clock("detection + landmarks"):
+            faces = read_faces(args, animator, settings)
+            drive = read_drive(args, animator, settings)
+        result = animator.run(faces, drive, args.out, settings, args.frames, clock)
+    held = f"; {result.held} driving frames without a face took their nearest's signals" if result.held else ""
+    extra = f"; PNG frames in {result.frames_dir}/, {result.source_png}, {result.sheet}" if args.frames else ""
+    print(f"wrote {result.video} ({result.frames} frames, {result.size[1]}x{result.size[0]}, {result.fps:g} fps, "
+          f"H.264) from {', '.join(f.label for f in faces)} driven by {drive.label}{held}{extra}")
+    print(result.summary)
     return result
 
 
@@ -169,30 +151,46 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="a run folder, its checkpoints/ folder or a step_* folder")
-    p.add_argument("--source", required=True, help="an image file (a face crop, nose at the centre) or synthetic:ID")
+    p.add_argument("--source", required=True, help="a photo (faces found and aligned) or synthetic:ID")
     p.add_argument("--out", required=True, help="output video, OUT.mp4")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--driving", help="a clip folder (params.npz + frames), a video (mp4, mov, ...) or folder of "
-                                        "frames, or synthetic:ID[:CLIP]")
+    mode.add_argument("--driving", help="a video (mp4, mov, ...) or folder of frames, a clip folder (params.npz + "
+                                        "frames), or synthetic:ID[:CLIP]")
     mode.add_argument("--orbit", action="store_true", help="the source's expression, camera sweeping yaw and pitch")
     mode.add_argument("--basis", type=int, metavar="K", help="scale coefficient K (1..n) of the learned basis")
-    p.add_argument("--range", type=float, nargs=2, metavar=("A", "B"), help="--basis: from A to B (Fig. 9: 1 10)")
-    p.add_argument("--basis-mode", choices=("scale", "set"), default="scale",
-                   help="--basis: scale lambda_K by the factor (paper), or set lambda_K to it")  # fmt: skip
-    p.add_argument("--num-frames", type=int, default=48, help="frames of --orbit / --basis (default 48)")
-    p.add_argument("--max-frames", type=int, help="--driving: use at most this many frames")
-    p.add_argument("--yaw", type=float, default=30.0, help="--orbit: yaw amplitude in degrees (default 30)")
-    p.add_argument("--pitch", type=float, default=15.0, help="--orbit: pitch amplitude in degrees (default 15)")
-    p.add_argument("--fps", type=float, default=25.0, help="video frame rate (default 25)")
-    p.add_argument("--video-size", type=int, help="resize video frames to this side (a multiple of 16 up to "
-                                                  f"{MAX_VIDEO_SIZE}; default: the model's image size)")  # fmt: skip
-    p.add_argument("--frames", action="store_true", help="also write PNG frames and a contact sheet")
-    p.add_argument("--batch-size", type=int, default=8, help="frames rendered per forward pass")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: PyTorch's, one per core)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="fail unless the checkpoint holds this preset")
-    p.add_argument("--resolution", type=int, help="fail unless the checkpoint's model has this image size")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    src = p.add_argument_group("source")
+    src.add_argument("--face", type=int, metavar="N", help="the photo's face N (0 = leftmost; default: the largest)")
+    src.add_argument("--all-faces", action="store_true", help="animate every face of the photo with the same driver")
+    src.add_argument("--no-align", action="store_true", help="use the image as it is (centre square), no face search")
+    drv = p.add_argument_group("driver")
+    drv.add_argument("--motion", choices=("relative", "absolute"),
+                     help="relative: the driver's change from its reference frame applied to the source (default with "
+                          "a photo); absolute: the driver's expression and camera as they are (default otherwise)")
+    drv.add_argument("--reference-frame", type=int, default=0, metavar="K", help="relative motion's reference frame")
+    drv.add_argument("--smooth", type=float, default=1.0, help="filtering of a video's signals: 0 off, 1 the tuned One "
+                                                               "Euro filters (default), 2 twice as smooth")
+    drv.add_argument("--max-frames", type=int, help="use at most this many driving frames")
+    drv.add_argument("--fps", type=float, help=f"video frame rate (default: the driving video's, else {DEFAULT_FPS:g})")
+    sweep = p.add_argument_group("orbit and basis")
+    sweep.add_argument("--range", type=float, nargs=2, metavar=("A", "B"), help="--basis: from A to B (Fig. 9: 1 10)")
+    sweep.add_argument("--basis-mode", choices=("scale", "set"), default="scale",
+                       help="--basis: scale lambda_K by the factor (paper), or set lambda_K to it")  # fmt: skip
+    sweep.add_argument("--num-frames", type=int, default=48, help="frames of --orbit / --basis (default 48)")
+    sweep.add_argument("--yaw", type=float, default=30.0, help="--orbit: yaw amplitude in degrees (default 30)")
+    sweep.add_argument("--pitch", type=float, default=15.0, help="--orbit: pitch amplitude in degrees (default 15)")
+    outp = p.add_argument_group("output")
+    outp.add_argument("--no-paste-back", action="store_true", help="write the model's crops, not the photo's frames")
+    outp.add_argument("--max-size", type=int, default=1280, help="paste-back: longer side of the frames at most")
+    outp.add_argument("--video-size", type=int, help="crops: side of the video's frames (a multiple of 16 up to "
+                                                     f"{MAX_VIDEO_SIZE}; default: the model's image size)")  # fmt: skip
+    outp.add_argument("--frames", action="store_true", help="also write PNG frames, the source crop and a sheet")
+    run = p.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=8, help="frames rendered per forward pass")
+    run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    run.add_argument("--threads", type=int, help="torch intra-op threads (default: PyTorch's, one per core)")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="fail unless the checkpoint holds this preset")
+    run.add_argument("--resolution", type=int, help="fail unless the checkpoint's model has this image size")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(p)
     return p
 
@@ -202,15 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.basis is not None) != (args.range is not None):
         parser.error("--basis K needs --range A B, and --range is only for --basis")
-    if min(args.num_frames, args.batch_size) < 1 or args.fps <= 0:
+    if min(args.num_frames, args.batch_size) < 1 or (args.fps is not None and args.fps <= 0):
         parser.error("--num-frames and --batch-size must be >= 1 and --fps > 0")
     for flag, value in (("--max-frames", args.max_frames), ("--threads", args.threads)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    # Exit status 2 for a bad input (CheckpointError is a RuntimeError), 4 for a device or kernel failure such
-    # as CUDA out of memory (export3d.utils.cli), reported with its type; --debug adds the traceback.
     return run_command("export3d.animate", animate, args, user_errors=(ValueError, OSError, RuntimeError))
 
 

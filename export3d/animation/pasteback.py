@@ -138,14 +138,17 @@ class PasteBack:
         """(height, width) of the frames."""
         return self.photo.shape[0], self.photo.shape[1]
 
-    def __call__(self, crop) -> np.ndarray:
-        """A rendered crop, RGB uint8 ``[S, S, 3]`` (any S) -> the frame ``[H, W, 3]`` uint8 (a new array)."""
+    def __call__(self, crop, into: np.ndarray | None = None) -> np.ndarray:
+        """A rendered crop, RGB uint8 ``[S, S, 3]`` (any S) -> the frame ``[H, W, 3]`` uint8: a new array, or ``into``
+        (a frame of this size that another face was pasted into already) changed in place and returned."""
         import cv2
 
         crop = np.asarray(crop)
         if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1]:
             raise ValueError(f"crop must be a square RGB uint8 image [S, S, 3], got {crop.dtype} {crop.shape}")
-        frame = self.photo.copy()
+        if into is not None and (into.shape != self.photo.shape or into.dtype != np.uint8):
+            raise ValueError(f"into must be a frame {self.photo.shape} uint8, got {into.shape} {into.dtype}")
+        frame = self.photo.copy() if into is None else into
         x0, y0, x1, y1 = self.region
         if x1 <= x0 or y1 <= y0:
             return frame
@@ -155,6 +158,7 @@ class PasteBack:
             crop = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA)
         warped = cv2.warpAffine(crop, self._warp(crop.shape[0], x0, y0), (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC,
                                 borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        blended = self._base + self.mask * warped.astype(np.float32)  # [h, w, 3]; = the photo where mask is 0
+        base = self._base if into is None else (1.0 - self.mask) * into[y0:y1, x0:x1].astype(np.float32)
+        blended = base + self.mask * warped.astype(np.float32)  # [h, w, 3]; = the frame where mask is 0
         frame[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return frame

@@ -22,10 +22,11 @@ from export3d.utils.checkpoint import CheckpointError, save_checkpoint
 SMALL = {"image_size": 32, "render": {"n_coarse": 8, "n_fine": 8}}
 
 
-def write_checkpoint(root, encoder: str = "lebs", seed: int = 0):
-    """A freshly initialised 32 px tiny model saved like export3d.train does, with tiny synthetic test data."""
+def write_checkpoint(root, encoder: str = "lebs", seed: int = 0, expression_dim: int = 64):
+    """A freshly initialised 32 px tiny model saved like export3d.train does, with tiny synthetic test data
+    (``expression_dim`` 52: a model driven by MediaPipe blendshapes, as real videos give)."""
     torch.manual_seed(seed)
-    cfg = preset("tiny", expression_encoder=encoder, **SMALL)
+    cfg = preset("tiny", expression_encoder=encoder, lebs={"expression_dim": expression_dim}, **SMALL)
     train_cfg = TrainConfig(out=str(root), train_identities=2, test_identities=3, clips_per_identity=2,
                             frames_per_clip=4, clebs_negatives=3, eval_pairs=4)  # fmt: skip
     save_checkpoint(root / "checkpoints", 0, {"model": Export3D(cfg)}, {"step": 0},

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from export3d.animate import main
+from export3d.animation.inputs import orbit_cameras
 from export3d.cameras import orbit_camera
 from export3d.data import SyntheticClips, SyntheticConfig
 from export3d.data.clips import write_clip
-from export3d.evaluation.animation import orbit_cameras
 from export3d.evaluation.loading import load_model
 from export3d.model import Export3D
 from export3d.utils.cli import EXIT_DEVICE_ERROR
@@ -43,7 +43,8 @@ def _read(path):
 
 def _animate(run, tmp_path, *args, source=None, name="out.mp4"):
     out = tmp_path / name
-    code = main(["--checkpoint", str(run), "--source", str(source), "--out", str(out), "--quiet", *args])
+    align = [] if str(source).startswith("synthetic:") else ["--no-align"]  # a random image: no face to align
+    code = main(["--checkpoint", str(run), "--source", str(source), "--out", str(out), "--quiet", *align, *args])
     return code, out
 
 
@@ -133,19 +134,26 @@ def test_bad_inputs_name_the_problem(run, rgba_image, tmp_path, capsys):
          r"'camera' row 0 has intrinsics"),
     ]
     for argv, message in cases:
-        assert main(["--checkpoint", str(run), "--out", str(tmp_path / "x.mp4"), "--quiet", *argv]) == 2, argv
+        flags = ["--checkpoint", str(run), "--out", str(tmp_path / "x.mp4"), "--quiet", "--no-align"]
+        assert main([*flags, *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err or re.search(message, err), (message, err)
     assert main(["--checkpoint", str(direct), "--source", img, "--out", str(tmp_path / "d.mp4"), "--basis", "1",
-                 "--range", "1", "2"]) == 2  # fmt: skip
+                 "--range", "1", "2", "--no-align"]) == 2  # fmt: skip
     assert "expression encoder is 'direct'" in capsys.readouterr().err
-    assert main(["--checkpoint", str(run), "--source", img, "--out", str(tmp_path / "x.gif"), "--orbit"]) == 2
+    assert main(["--checkpoint", str(run), "--source", img, "--out", str(tmp_path / "x.gif"), "--orbit",
+                 "--no-align"]) == 2  # fmt: skip
     assert "must end in .mp4" in capsys.readouterr().err
     for argv in (["--orbit", "--basis", "1", "--range", "1", "2"], ["--basis", "1"], ["--orbit", "--range", "1", "2"],
                  []):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--checkpoint", str(run), "--source", img, "--out", str(tmp_path / "y.mp4"), *argv])
     assert not (tmp_path / "y.mp4").exists()
+    # a photo is searched for faces unless --no-align: an image without one is named, with what was searched
+    assert main(["--checkpoint", str(run), "--source", img, "--out", str(tmp_path / "z.mp4"), "--orbit"]) == 2
+    err = capsys.readouterr().err
+    assert f"--source: no face found in {img}" in err and "faces were searched from" in err
+    assert not (tmp_path / "z.mp4").exists()
 
 
 def test_bad_destinations_fail_before_the_work_and_say_nothing_was_written(run, rgba_image, tmp_path, capsys):
@@ -165,17 +173,18 @@ def test_a_failed_animation_keeps_the_earlier_video_and_frames_are_replaced_whol
     code, out = _animate(run, tmp_path, "--orbit", "--num-frames", "5", "--frames", source=rgba_image)
     assert code == 0 and "wrote" in capsys.readouterr().out
     good = out.read_bytes()
-    import export3d.animate as animate_cli
+    from export3d.animation.animator import Animator
 
-    real = animate_cli.render_frames
+    real, calls = Animator._render_job, []
 
-    def dies_midway(*args, **kwargs):
-        chunks = real(*args, **kwargs)
-        yield next(chunks)
-        raise RuntimeError("disk full (injected)")
+    def dies_midway(self, job, start, stop):  # the second chunk of frames fails
+        calls.append(start)
+        if len(calls) > 1:
+            raise RuntimeError("disk full (injected)")
+        return real(self, job, start, stop)
 
     with monkeypatch.context() as m:
-        m.setattr(animate_cli, "render_frames", dies_midway)
+        m.setattr(Animator, "_render_job", dies_midway)
         code, _ = _animate(run, tmp_path, "--orbit", "--num-frames", "5", "--frames", "--batch-size", "2",
                            source=rgba_image)  # fmt: skip
     captured = capsys.readouterr()
@@ -283,5 +292,5 @@ def test_a_device_failure_names_its_type_and_debug_prints_the_traceback(run, rgb
     code, _ = _animate(run, tmp_path, "--orbit", "--num-frames", "2", "--debug", source=rgba_image)
     err = capsys.readouterr().err
     assert code == EXIT_DEVICE_ERROR
-    assert "Traceback (most recent call last)" in err and f"in {render.__name__}" in err and "in render_frames" in err
+    assert "Traceback (most recent call last)" in err and f"in {render.__name__}" in err and "in _render_job" in err
     assert err.index("Traceback") < err.index(f"export3d.animate: error: {shown}")
