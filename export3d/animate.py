@@ -70,7 +70,10 @@ def read_faces(args: argparse.Namespace, animator: Animator, settings: Animation
               "the neutral expression (zeros) and the frontal camera stand in for them")
         frontal = orbit_camera_deg(0.0).double().numpy()
         return [Face(image_source(args.source, S), np.zeros(E), frontal, None, f"{args.source} (not aligned)")]
-    return animator.photo_faces(args.source, settings)
+    faces, notes = animator.photo_faces(args.source, settings)
+    for note in notes:
+        print(f"note: {note}")
+    return faces
 
 
 # ----------------------------------------------------------------------------------------------- drivers

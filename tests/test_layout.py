@@ -36,6 +36,7 @@ LAYERS = {
     "ablation": 5,
     "profile": 5,
     "gpucheck": 5,
+    "app": 5,
 }
 
 

@@ -184,20 +184,24 @@ class Animator:
     def read_source(self, path: str | Path) -> SourcePhoto:
         return read_source(path, *self.face_tools(), self.size)
 
-    def photo_faces(self, path: str | Path, settings: AnimationSettings) -> list[Face]:
-        """The faces of the photo at ``path`` to animate (``settings.face`` / ``all_faces``), each with its own
-        expression and camera and, with ``settings.paste_back``, its way back into the photo."""
-        photo = self.read_source(path)
+    def photo_faces(self, path: str | Path, settings: AnimationSettings) -> tuple[list[Face], list[str]]:
+        """The faces of the photo at ``path`` to animate and the notes about them (:meth:`faces_of`)."""
+        return self.faces_of(self.read_source(path), settings)
+
+    def faces_of(self, photo: SourcePhoto, settings: AnimationSettings) -> tuple[list[Face], list[str]]:
+        """The faces of a read photo to animate (``settings.face`` / ``all_faces``), each with its own expression
+        and camera and, with ``settings.paste_back``, its way back into the photo; and notes for the user (which
+        face was chosen among several; a model whose expressions cannot be read from a photo)."""
         chosen, note = photo.choose(settings.face, settings.all_faces)
-        if note:
-            print(f"note: {note}")
+        notes = [note] if note else []
         E = self.model.config.expression_dim
         if E != 52:
-            print(f"note: this checkpoint's model takes {E}-d 3DMM expressions, which cannot be read from a photo "
-                  "here (no 3DMM fitter ships): the source's own expression is taken as the neutral one (zeros)")
-        return [Face(f.image, f.blendshapes.astype(np.float64) if E == 52 else np.zeros(E), f.camera,
-                     PasteBack(photo.photo, f.box, settings.max_size) if settings.paste_back else None,
-                     f"{photo.path} face {f.index}", f.index) for f in chosen]  # fmt: skip
+            notes.append(f"this checkpoint's model takes {E}-d 3DMM expressions, which cannot be read from a photo "
+                         "here (no 3DMM fitter ships): the source's own expression is taken as the neutral one (zeros)")
+        faces = [Face(f.image, f.blendshapes.astype(np.float64) if E == 52 else np.zeros(E), f.camera,
+                      PasteBack(photo.photo, f.box, settings.max_size) if settings.paste_back else None,
+                      f"{photo.path} face {f.index}", f.index) for f in chosen]  # fmt: skip
+        return faces, notes
 
     def video_drive(self, path: str | Path, settings: AnimationSettings, fps: float | None = None) -> Drive:
         """A real driving video: one filtered expression and camera per frame, its rate (or ``fps``), its sound."""
@@ -245,8 +249,10 @@ class Animator:
         ``frames``: also ``OUT_frames/`` (PNG per frame), ``OUT_source.png`` and ``OUT_sheet.png``."""
         clock = StageClock()
         with clock("detection + landmarks"):
-            faces = self.photo_faces(source, settings)
+            faces, notes = self.photo_faces(source, settings)
             drive = self.video_drive(driving, settings)
+        for note in notes:
+            print(f"note: {note}")
         return self.run(faces, drive, out, settings, frames, clock)
 
     def run(self, faces: list[Face], drive: Drive, out: str | Path, settings: AnimationSettings,

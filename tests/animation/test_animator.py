@@ -98,7 +98,7 @@ def test_relative_motion_from_the_photo_itself_reproduces_its_own_render(checkpo
                             borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
     iio.mimwrite(tmp_path / "still.mp4", [rolled] * 5, fps=10, macro_block_size=1, quality=10)
     with Animator(checkpoint, progress=False) as animator:
-        face = animator.photo_faces(photo, AnimationSettings(paste_back=False))[0]
+        face = animator.photo_faces(photo, AnimationSettings(paste_back=False))[0][0]
         with torch.no_grad():
             own = animator.model.render(animator.model.generate_triplane(face.image[None], animator.codes(
                 face.expression[None])), torch.as_tensor(face.camera[None], dtype=torch.float32)).image
