@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export3d.animation.animator import AnimationResult, AnimationSettings, Animator, Drive, Face, StageClock
+from export3d.animation.animator import AnimationResult, AnimationSettings, Animator, StageClock
 from export3d.animation.inputs import (
     basis_codes,
     image_source,
@@ -49,6 +49,7 @@ from export3d.animation.inputs import (
     synthetic_driver,
     synthetic_source,
 )
+from export3d.animation.signals import Drive, Face
 from export3d.cameras import orbit_camera_deg
 from export3d.model.config import PRESETS
 from export3d.utils.cli import add_debug_flag, run_command
@@ -82,7 +83,7 @@ def read_drive(args: argparse.Namespace, animator: Animator, settings: Animation
     model, S, fps = animator.model, animator.size, args.fps or DEFAULT_FPS
     if args.orbit:
         cameras = orbit_cameras(args.num_frames, args.yaw, args.pitch).double().numpy()
-        return Drive(None, cameras, fps, "orbit", codes_of=lambda face: animator.codes(face.expression[None]))
+        return Drive(fps, "orbit", cameras=cameras, codes_of=lambda face: animator.codes(face.expression[None]))
     if args.basis is not None:
         values = torch.linspace(args.range[0], args.range[1], args.num_frames).tolist()
 
@@ -92,16 +93,16 @@ def read_drive(args: argparse.Namespace, animator: Animator, settings: Animation
             print(note)
             return codes
 
-        return Drive(None, orbit_camera_deg(0.0)[None].double().numpy(), fps, "basis", codes_of=sweep,
+        return Drive(fps, "basis", cameras=orbit_camera_deg(0.0)[None].double().numpy(), codes_of=sweep,
                      length=args.num_frames)  # fmt: skip
     if args.driving.startswith("synthetic:"):
         expression, cameras, frames, label = synthetic_driver(args.driving, animator.meta, S, args.max_frames)
-        return Drive(expression, cameras, fps, label, frames=frames)
+        return Drive(fps, label, expression=expression, cameras=cameras, frames=frames)
     if is_driving_video(args.driving):
         return animator.video_drive(args.driving, settings, args.fps)
     beta, cameras, frames = load_clip_folder(args.driving, S, model.config.expression_dim)
     keep = slice(0, args.max_frames)  # max_frames None keeps every frame
-    return Drive(beta[keep].double().numpy(), cameras[keep].double().numpy(), fps, str(args.driving),
+    return Drive(fps, str(args.driving), expression=beta[keep].double().numpy(), cameras=cameras[keep].double().numpy(),
                  frames=None if frames is None else frames[keep])  # fmt: skip
 
 

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from export3d.animation.driver import read_driver
-from export3d.animation.motion import MotionSettings, transfer_motion
+from export3d.animation.driver import VideoSignal
+from export3d.animation.motion import MotionSettings
 from export3d.animation.pasteback import PasteBack
 from export3d.animation.photo import SourcePhoto, read_source
+from export3d.animation.signals import Drive, Face, FaceJob
 from export3d.animation.video import VideoWriter
 from export3d.evaluation.loading import load_model
-from export3d.model.generator import SourceFeatures
 from export3d.utils.distributed import resolve_device
 from export3d.utils.images import make_grid, to_uint8
 from export3d.utils.outputs import replacing_file, replacing_folder
@@ -90,48 +90,6 @@ class StageClock:
         wall = time.perf_counter() - self.start
         parts = ", ".join(f"{stage} {1000 * s / max(frames, 1):.1f} ms" for stage, s in self.seconds.items())
         return f"time per frame: {parts}; {frames} frames in {wall:.1f} s ({frames / max(wall, 1e-9):.2f} frames/s)"
-
-
-@dataclass
-class Face:
-    """A source face: the model's input crop, its own expression and camera, and where its renders go back."""
-
-    image: torch.Tensor  # [3, S, S] in [-1, 1]
-    expression: np.ndarray  # [E]: its own, or the neutral zeros when it cannot be read (a 64-d model, a photo)
-    camera: np.ndarray  # [25]: its own EG3D camera (relative motion starts from it)
-    paste: PasteBack | None = None  # into the photo, or None: the crop is the frame
-    label: str = ""
-    index: int = 0  # its place among the photo's faces, left to right
-
-
-@dataclass
-class Drive:
-    """What drives every output frame: per-frame expressions and cameras, or (the sweeps) codes from each face."""
-
-    expression: np.ndarray | None  # [T, E]: the driver's expression of every frame (None for a sweep)
-    cameras: np.ndarray  # [T or 1, 25]: the driver's cameras (one row: every frame)
-    fps: float
-    label: str
-    codes_of: Callable[[Face], torch.Tensor] | None = None  # a sweep: the codes [T or 1, d] of a face
-    frames: torch.Tensor | None = None  # [T, 3, h, w]: driving images for the contact sheet
-    audio: Path | None = None  # the file whose sound the video carries
-    held: int = 0  # driver frames without a face, which took the nearest frame's signals
-    length: int | None = None  # frames of a sweep
-
-    def __post_init__(self) -> None:
-        if self.length is None:
-            self.length = len(self.expression) if self.expression is not None else len(self.cameras)
-
-
-@dataclass
-class FaceJob:
-    """One face to render in every frame."""
-
-    features: SourceFeatures  # the generator's source-only work, done once
-    codes: torch.Tensor  # [T or 1, d]: the expression code of each frame (one row: shared by all)
-    cameras: torch.Tensor  # [T or 1, 25]
-    source: torch.Tensor  # [3, S, S] in [-1, 1]: the source crop (for the sheet)
-    paste: PasteBack | None = None  # into the photo, or None: the crop is the frame
 
 
 @dataclass
@@ -204,16 +162,17 @@ class Animator:
         return faces, notes
 
     def video_drive(self, path: str | Path, settings: AnimationSettings, fps: float | None = None) -> Drive:
-        """A real driving video: one filtered expression and camera per frame, its rate (or ``fps``), its sound."""
+        """A real driving video, read as the frames are rendered: one filtered expression and camera per frame, at
+        its frame rate (or ``fps``), with its sound."""
         if self.model.config.expression_dim != 52:
             raise ValueError(f"--driving: a video gives the 52 MediaPipe blendshapes per frame, but this checkpoint's "
                              f"model takes {self.model.config.expression_dim}-d expressions; train it with "
                              "--expression-source landmarker (synthetic data) or on clips from python -m "
                              "export3d.data.prepare")  # fmt: skip
-        signal = read_driver(Path(path), *self.face_tools(), self.size, settings.smooth, settings.max_frames,
-                             self.progress)  # fmt: skip
+        video = VideoSignal(Path(path), *self.face_tools(), self.size, settings.smooth, settings.max_frames,
+                            self.progress)  # fmt: skip
         audio = Path(path) if Path(path).is_file() else None  # a folder of frames has no sound
-        return Drive(signal.expression, signal.camera, fps or signal.fps, str(path), audio=audio, held=signal.held)
+        return Drive(fps or video.fps, str(path), video=video, audio=audio)
 
     # jobs ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -225,21 +184,15 @@ class Animator:
 
     @torch.no_grad()
     def face_job(self, face: Face, drive: Drive, settings: AnimationSettings) -> FaceJob:
-        """The codes and cameras of every frame for one face: the driver's motion, relative or absolute (a sweep's
-        codes and cameras as they are); the generator's source-only work done once."""
-        if drive.codes_of is not None:
-            codes, cameras = drive.codes_of(face), drive.cameras
-        else:
-            if settings.reference_frame >= drive.length:
-                raise ValueError(f"--reference-frame: the driver has {drive.length} frames, got "
-                                 f"{settings.reference_frame}")  # fmt: skip
-            value_range = (0.0, 1.0) if face.expression.shape[0] == 52 else (-np.inf, np.inf)  # blendshapes in [0, 1]
-            motion = MotionSettings(settings.motion, settings.reference_frame, value_range)
-            expression, cameras = transfer_motion(face.expression, face.camera, drive.expression, drive.cameras, motion)
-            codes = self.codes(expression)
+        """One face prepared for ``drive``: the generator's source-only work, and what its frames' motion is
+        measured from (the driver's reference frame for relative motion; a sweep's codes)."""
         features = self.model.encode_source(face.image[None].to(self.device))
-        cameras = torch.as_tensor(cameras, dtype=torch.float32).to(self.device)
-        return FaceJob(features, codes, cameras, face.image, face.paste)
+        value_range = (0.0, 1.0) if face.expression.shape[0] == 52 else (-np.inf, np.inf)  # blendshapes in [0, 1]
+        motion = MotionSettings(settings.motion, 0, value_range)
+        if drive.codes_of is not None:
+            return FaceJob(face, features, motion, sweep=drive.codes_of(face))
+        reference = drive.reference(settings.reference_frame) if settings.motion == "relative" else None
+        return FaceJob(face, features, motion, reference)
 
     # the photo + video path ----------------------------------------------------------------------
     def animate(self, source: str | Path, driving: str | Path, out: str | Path,
@@ -257,38 +210,38 @@ class Animator:
 
     def run(self, faces: list[Face], drive: Drive, out: str | Path, settings: AnimationSettings,
             frames: bool = False, clock: StageClock | None = None) -> AnimationResult:  # fmt: skip
-        """Animate ``faces`` with ``drive`` into ``out``: the jobs, then :meth:`render`."""
-        jobs = [self.face_job(face, drive, settings) for face in faces]
-        result = self.render(jobs, drive.length, drive.fps, out, settings, frames, clock, drive.audio, drive.frames)
-        result.held, result.faces = drive.held, [face.index for face in faces]
+        """Animate ``faces`` with ``drive`` into ``out`` (``frames``: also the PNGs, the source crops, the sheet)."""
+        clock = clock or StageClock()
+        with clock("detection + landmarks"):  # a video's reference frame is read here
+            jobs = [self.face_job(face, drive, settings) for face in faces]
+        result = self.render(jobs, drive, out, settings, frames, clock)
+        result.faces = [face.index for face in faces]
         return result
 
     # the loop ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def render(self, jobs: list[FaceJob], length: int, fps: float, out: str | Path, settings: AnimationSettings,
-               frames: bool = False, clock: StageClock | None = None, audio_from: Path | None = None,
-               driving_frames: torch.Tensor | None = None) -> AnimationResult:  # fmt: skip
-        """Render ``length`` frames of every job, compose them (paste-back or crops) and encode them at ``fps``.
-
-        ``driving_frames [T, 3, h, w]`` (optional) go above the outputs on the sheet.
-        """
+    def render(self, jobs: list[FaceJob], drive: Drive, out: str | Path, settings: AnimationSettings,
+               frames: bool = False, clock: StageClock | None = None) -> AnimationResult:  # fmt: skip
+        """Render every frame of ``drive`` for every job, compose them (paste-back or crops) and encode them, chunk
+        by chunk as the driver gives them (a video is decoded and tracked here)."""
         from tqdm import tqdm
 
-        clock = clock or StageClock()
-        out = Path(out)
-        sheet_at = sorted({round(i * (length - 1) / max(min(length, SHEET_COLUMNS) - 1, 1))
-                           for i in range(min(length, SHEET_COLUMNS))})  # fmt: skip
+        clock, out = clock or StageClock(), Path(out)
+        sheet_at = set(sheet_indices(drive.length))
         sheet: dict[int, torch.Tensor] = {}
         frames_dir = out.with_name(out.stem + "_frames")
         with contextlib.ExitStack() as stack:
-            writer = stack.enter_context(VideoWriter(out, fps, audio_from=audio_from))
+            writer = stack.enter_context(VideoWriter(out, drive.fps, audio_from=drive.audio))
             png_dir = stack.enter_context(replacing_folder(frames_dir)) if frames else None
-            bar = stack.enter_context(tqdm(total=length, desc="frames", unit="frame", disable=not self.progress))
-            size = None
-            for start in range(0, length, settings.batch_size):
-                stop = min(start + settings.batch_size, length)
+            bar = stack.enter_context(tqdm(total=drive.length, desc="frames", unit="frame", disable=not self.progress))
+            start, size, chunks = 0, None, drive.chunks(settings.batch_size)
+            while True:
+                with clock("detection + landmarks"):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 with clock("model"):
-                    renders = [self._render_job(job, start, stop) for job in jobs]  # each [n, 3, S, S]
+                    renders = [self._render_job(job, chunk, start) for job in jobs]  # each [n, 3, S, S]
                 with clock("paste-back"):
                     images = self._compose(jobs, [to_uint8(r) for r in renders], settings)  # [n] x [H, W, 3]
                 with clock("encoding"):
@@ -296,22 +249,25 @@ class Animator:
                     if png_dir is not None:
                         _write_pngs(images, png_dir, start)
                 size = images[0].shape[:2]
-                sheet.update({t: renders[0][t - start] for t in range(start, stop) if t in sheet_at})
-                bar.update(stop - start)
-        result = AnimationResult(out, length, fps, size, seconds=dict(clock.seconds), summary=clock.summary(length))
+                sheet.update({start + k: r for k, r in enumerate(renders[0]) if start + k in sheet_at})
+                start += len(images)
+                bar.update(len(images))
+            if start == 0:
+                raise ValueError(f"--driving: {drive.label} gave no frame")
+        result = AnimationResult(out, start, drive.fps, size, held=drive.held, seconds=dict(clock.seconds),
+                                 summary=clock.summary(start))  # fmt: skip
         if frames:
             result.frames_dir = frames_dir
             sources = torch.stack([j.source for j in jobs])  # [faces, 3, S, S]
             result.source_png = _save_grid([sources], out.with_name(out.stem + "_source.png"))
-            result.sheet = _save_sheet(jobs[0].source, sheet, driving_frames, out.with_name(out.stem + "_sheet.png"))
+            result.sheet = _save_sheet(jobs[0].source, sheet, drive.frames, out.with_name(out.stem + "_sheet.png"))
         return result
 
-    def _render_job(self, job: FaceJob, start: int, stop: int) -> torch.Tensor:
-        n = stop - start
-        codes = job.codes[start:stop] if job.codes.shape[0] > 1 else job.codes.expand(n, -1)
-        cameras = job.cameras[start:stop] if job.cameras.shape[0] > 1 else job.cameras.expand(n, -1)
+    def _render_job(self, job: FaceJob, chunk: tuple[np.ndarray | None, np.ndarray], start: int) -> torch.Tensor:
+        """One face's renders ``[n, 3, S, S]`` in [-1, 1] (CPU) of a chunk of driving frames starting at ``start``."""
+        codes, cameras = job.chunk(*chunk, start, self.codes)
         planes = self.model.generate_triplane(job.features, codes)  # [n, 3, C, P, P]
-        return self.model.render(planes, cameras).image.float().clamp(-1, 1).cpu()  # [n, 3, S, S]
+        return self.model.render(planes, cameras.to(self.device)).image.float().clamp(-1, 1).cpu()
 
     def _compose(self, jobs: list[FaceJob], crops: list[np.ndarray], settings: AnimationSettings) -> list[np.ndarray]:
         """Per frame: every face pasted into the photo, or the crops side by side (resized to ``video_size``)."""
@@ -330,6 +286,12 @@ class Animator:
                 frame = np.concatenate(tiles, axis=1)
             frames.append(frame)
         return frames
+
+
+def sheet_indices(length: int) -> list[int]:
+    """Up to ``SHEET_COLUMNS`` frame indices spread evenly over ``length`` frames, first and last included."""
+    n = min(length, SHEET_COLUMNS)
+    return sorted({round(i * (length - 1) / max(n - 1, 1)) for i in range(n)})
 
 
 def _write_pngs(images: list[np.ndarray], folder: Path, start: int) -> None:

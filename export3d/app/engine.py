@@ -190,9 +190,9 @@ class Demo:
         with clock("detection + landmarks"):  # a photo seen before is not searched again
             stage(0.0, "finding the faces in the photo")
             faces, notes = self.faces(photo, settings)
-            stage(0.1, "tracking the face through the driving video")
             drive = self.animator.video_drive(video, settings)
-        stage(0.5, "rendering")
+            drive.video.keep = True  # the page plots the driving signal (a driver of at most max_frames frames)
+        stage(0.1, "tracking the driving video's face and rendering")
         self._runs += 1
         out = self.workdir / f"animation_{self._runs:04d}.mp4"
         result = self.animator.run(faces, drive, out, settings, clock=clock)
@@ -200,7 +200,7 @@ class Demo:
             self._last_video.unlink(missing_ok=True)
         self._last_video = out
         names = self.animator.face_tools()[0].blendshape_names
-        figure = driving_figure(drive.expression, drive.cameras, drive.fps, names)
+        figure = driving_figure(*drive.video.recorded(), drive.fps, names)
         crops = np.concatenate([to_uint8(face.image) for face in faces], axis=1)
         height, width = result.size
         sound = "with the driver's sound" if has_audio(result.video) else "silent (the driver has no sound)"

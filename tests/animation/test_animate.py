@@ -177,11 +177,11 @@ def test_a_failed_animation_keeps_the_earlier_video_and_frames_are_replaced_whol
 
     real, calls = Animator._render_job, []
 
-    def dies_midway(self, job, start, stop):  # the second chunk of frames fails
+    def dies_midway(self, job, chunk, start):  # the second chunk of frames fails
         calls.append(start)
         if len(calls) > 1:
             raise RuntimeError("disk full (injected)")
-        return real(self, job, start, stop)
+        return real(self, job, chunk, start)
 
     with monkeypatch.context() as m:
         m.setattr(Animator, "_render_job", dies_midway)
