@@ -49,7 +49,7 @@ from export3d.animation.inputs import (
     synthetic_driver,
     synthetic_source,
 )
-from export3d.animation.signals import Drive, Face
+from export3d.animation.parts import Drive, Face
 from export3d.cameras import orbit_camera_deg
 from export3d.model.config import PRESETS
 from export3d.utils.cli import add_debug_flag, run_command

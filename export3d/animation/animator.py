@@ -29,9 +29,9 @@ import torch
 
 from export3d.animation.driver import VideoSignal
 from export3d.animation.motion import MotionSettings
+from export3d.animation.parts import Drive, Face, FaceJob
 from export3d.animation.pasteback import PasteBack
 from export3d.animation.photo import SourcePhoto, read_source
-from export3d.animation.signals import Drive, Face, FaceJob
 from export3d.animation.video import VideoWriter
 from export3d.evaluation.loading import load_model
 from export3d.utils.distributed import resolve_device
