@@ -278,7 +278,9 @@ class _TrafficCounter(TorchDispatchMode):
         return out
 
 
-_NO_TRAFFIC = {torch.ops.aten.detach.default, torch.ops.aten.empty.memory_format, torch.ops.aten.empty_like.default}
+# allocations and metadata; prim.device is a device query, dispatched only for fake tensors
+_NO_TRAFFIC = {torch.ops.aten.detach.default, torch.ops.aten.empty.memory_format, torch.ops.aten.empty_like.default,
+               torch.ops.prim.device.default}  # fmt: skip
 
 
 def reference_bytes(op: str, mode: str, size: str) -> int:

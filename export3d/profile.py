@@ -2,6 +2,12 @@
 
     python -m export3d.profile [--preset tiny|paper] [--device cpu|cuda|cuda:N] [--impl reference|fast] [--compile]
                                [--batch-size N] [--steps N] [--warmup N] [--threads N] [--json OUT] [--trace OUT.json]
+    python -m export3d.profile --memory [--preset paper|tiny] [--batch-size N] [--json OUT]
+
+``--memory`` measures no time: it prints the bytes saved for backward per module by one adversarial training step
+with R1 and LPIPS (the training loop's own ``train_generator_step``), run on fake tensors (``FakeTensorMode``: nothing
+is allocated), by default for the paper preset at batch 1, so the next fusion can be chosen from a table
+(:mod:`export3d.profiling.memory` says how it is counted).
 
 The training step is the adversarial stage's generator step of ``export3d.training.loop.train_generator_step``
 (forward, reconstruction loss with LPIPS, ``0.01 * L_adv`` through the frozen discriminator, backward,
@@ -45,11 +51,15 @@ during the measured steps; without a GPU the report says "NVML: no GPU". ``--tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
 
+import torch
+
+from export3d.profiling.memory import MemoryOptions, format_memory, training_step_memory
 from export3d.profiling.nvml import NVML_NO_GPU
 from export3d.profiling.stages import INFERENCE_STAGES, TRAIN_STAGES, StageTimer
 from export3d.profiling.workload import ProfileOptions, run
@@ -58,7 +68,7 @@ from export3d.utils.distributed import resolve_device
 from export3d.utils.outputs import atomic_write_bytes, check_output_file
 
 __all__ = ["INFERENCE_STAGES", "NVML_NO_GPU", "TRAIN_STAGES", "ProfileOptions", "StageTimer", "build_parser", "main",
-           "parse_args", "run"]
+           "parse_args", "profile_memory", "run"]
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -118,11 +128,15 @@ def format_report(report: dict) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export3d.profile", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=("tiny", "paper"), default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--preset", choices=("tiny", "paper"), default=None,
+                   help="model preset (default: tiny; paper with --memory)")
+    p.add_argument("--memory", action="store_true",
+                   help="print the saved-for-backward memory per module of one training step on fake tensors "
+                        "instead of timing (default: paper preset, batch 1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available, else the CPU)")
     p.add_argument("--impl", choices=("reference", "fast"), default="fast", help="model implementation (default: fast)")
     p.add_argument("--compile", action="store_true", help="torch.compile every profiled unit separately")
-    p.add_argument("--batch-size", dest="batch", type=int, default=None, help="(tiny: 8; paper: 1)")
+    p.add_argument("--batch-size", dest="batch", type=int, default=None, help="(tiny: 8; paper and --memory: 1)")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default: 3 for tiny, 1 for paper)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -149,12 +163,16 @@ def _parse(argv: list[str] | None) -> tuple[ProfileOptions, argparse.Namespace]:
                                ("--threads", a.threads, 1)):  # fmt: skip
         if value is not None and value < least:
             p.error(f"{flag} must be >= {least}, got {value}")
-    paper = a.preset == "paper"
+    if a.memory and (a.trace_path or a.compile):
+        p.error(f"--memory measures no time: it takes no {'--trace' if a.trace_path else '--compile'}")
+    preset = a.preset or ("paper" if a.memory else "tiny")
+    paper = preset == "paper"
     opts = ProfileOptions(
-        preset=a.preset, device=a.device, impl=a.impl, compile=a.compile,
-        batch=a.batch if a.batch is not None else (1 if paper else 8),
+        preset=preset, device=a.device, impl=a.impl, compile=a.compile,
+        batch=a.batch if a.batch is not None else (1 if paper or a.memory else 8),
         steps=a.steps if a.steps is not None else (1 if paper else 3),
         warmup=a.warmup, threads=a.threads, seed=a.seed, json_path=a.json_path, trace_path=a.trace_path,
+        memory=a.memory,
     )  # fmt: skip
     return opts, a
 
@@ -175,10 +193,26 @@ def profile(opts: ProfileOptions) -> dict:
     for flag, path in (("--json", opts.json_path), ("--trace", opts.trace_path)):
         if path:
             check_output_file(path, flag)  # before the measurement, not after it
+    if opts.memory:
+        return profile_memory(opts)
     report = run(opts)
     print(format_report(report), flush=True)
     if opts.json_path:
         atomic_write_bytes(Path(opts.json_path), json.dumps(_finite(report), indent=2).encode())
+    return report
+
+
+def profile_memory(opts: ProfileOptions) -> dict:
+    """``--memory``: the saved-for-backward table of one training step on fake tensors, printed (and its JSON)."""
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    memory = training_step_memory(MemoryOptions(preset=opts.preset, batch=opts.batch))
+    print(format_memory(memory), flush=True)
+    report = dataclasses.asdict(memory)
+    report["ops"] = dict(memory.ops)
+    report["superres_and_discriminator_bytes_per_image"] = memory.superres_and_discriminator() // memory.batch
+    if opts.json_path:
+        atomic_write_bytes(Path(opts.json_path), json.dumps(report, indent=2).encode())
     return report
 
 

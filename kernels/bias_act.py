@@ -215,14 +215,15 @@ def _backward_fwd(ctx, dy):
 def _setup_bwd(ctx, inputs, output):
     dy, x, b, y, dim, act, alpha, gain, clamp, need_db = inputs
     ctx.args, ctx.need_db = (dim, act, alpha, gain, clamp), need_db
-    ctx.save_for_backward(dy, x, b, y)
+    # dy is read only by the act'' term, which relu / lrelu / linear do not have: R1 keeps no copy of it for those
+    ctx.save_for_backward(None if act in FROM_Y_ACTS else dy, x, b, y)
 
 
 def _backward_bwd(ctx, d_dx, d_db):
     """The gradients of ``(dx, db) = bias_act_bwd(dy, x, b, y)``: ``dx = dy * D(z)``, ``db = sum dx``."""
     dy, x, b, y = ctx.saved_tensors
     dim, act = ctx.args[:2]
-    d_dx = torch.zeros_like(dy) if d_dx is None else d_dx
+    d_dx = torch.zeros_like(y if x is None else x) if d_dx is None else d_dx  # dy's shape (dy may not be saved)
     if ctx.need_db and b is not None and d_db is not None and d_db.numel() > 0:
         # db sums dx over every dim but dim: its gradient reaches every dx
         d_dx = d_dx + d_db.to(d_dx.dtype).reshape([-1 if i == dim else 1 for i in range(d_dx.dim())])

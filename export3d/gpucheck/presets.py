@@ -2,9 +2,11 @@
 
 Walks each preset's model at its real sizes with ``kernel_impl="triton"`` and every launch recorded but not
 run (:func:`export3d.kernels.launches.record_launches` with ``execute=False``), so it takes seconds on a CPU
-and needs no GPU. Workloads per preset: a training step (forward + backward; batch 1 for paper, 2 for
-tiny) in fp32 and under bf16 autocast (``--amp``), and inference (no grad, batch 1, and one tri-plane
-rendered from two cameras, the stride-0 planes of ``Export3D.render``). Needs ``TRITON_INTERPRET=1`` (set
+and needs no GPU. Workloads per preset: a training step (batch 1 for paper, 2 for tiny) in fp32 and under bf16
+autocast (``--amp``): the generator's forward, the discriminator on its images, backward, then the discriminator on a
+real image with R1's double backward (so the super-resolution's and discriminator's upfirdn2d and bias_act launches
+are the model's own); and inference (no grad, batch 1, and one tri-plane rendered from two cameras, the stride-0 planes
+of ``Export3D.render``). Needs ``TRITON_INTERPRET=1`` (set
 before triton is imported), which lets the launchers accept CPU tensors;
 :func:`export3d.kernels.aot.preset_configs` runs this in a subprocess.
 
@@ -36,10 +38,14 @@ def _cameras(n: int) -> torch.Tensor:
 
 def _workloads(preset: str):
     """``(tag, callable)`` pairs; each callable runs one workload of a fresh ``preset`` model."""
+    import torch.nn.functional as F
+
     from export3d import Export3D
+    from export3d.model.discriminator import Discriminator
 
     torch.manual_seed(0)
     model = Export3D.from_preset(preset, impl="fast", kernel_impl="triton")
+    disc = Discriminator(model.config)  # the same kernel_impl
     # No kernel takes the batch as an argument (it only scales grids), so the paper step is walked at batch 1,
     # half the CPU time; the tiny one at 2. Batch > 1 with stride-0 planes is walked by the 2-camera render.
     train_batch = 1 if preset == "paper" else 2
@@ -53,11 +59,19 @@ def _workloads(preset: str):
             model.train()
             source, beta, camera = batch(train_batch)
             ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-            with ctx:
+            with ctx:  # the generator step: reconstruction-like terms and the adversarial term through D
                 out = model(source, beta, camera)
                 loss = out.image.float().square().mean() + out.image_raw.float().square().mean()
+                loss = loss + disc(out.image, out.image_raw, camera).float().mean()
             loss.backward()
+            real = source.requires_grad_(True)  # the discriminator step on a real image, with R1
+            real_raw = F.interpolate(real, size=out.image_raw.shape[-2:], mode="bilinear", antialias=True)
+            with ctx:
+                logits = disc(real, real_raw, camera).float()
+            (grad,) = torch.autograd.grad(logits.sum(), [real], create_graph=True)
+            (logits.mean() + grad.square().sum()).backward()
             model.zero_grad(set_to_none=True)
+            disc.zero_grad(set_to_none=True)
 
         return run
 
@@ -67,40 +81,9 @@ def _workloads(preset: str):
             source, beta, camera = batch(1)
             model(source, beta, camera)
             planes = model.generate_triplane(source, model.encode_expression(beta))
-            model.render(torch.nan_to_num(planes), _cameras(2))  # unrun kernels leave garbage: render checks it
+            model.render(planes, _cameras(2))
 
-    return [(f"{preset} train fp32", train(False)), (f"{preset} train bf16", train(True)), (f"{preset} infer", infer),
-            *_eg3d_op_workloads(preset)]
-
-
-def _eg3d_op_workloads(preset: str):
-    """EG3D's upsample2d / downsample2d / bias_act at the shapes the super-resolution and the discriminator run them
-    (``export3d.gpucheck.ops.model_sizes``), forward, backward and, for bias_act, R1's double backward, in fp32 and
-    bf16. The model does not call these ops yet (issue 25's second half); once it does, its own training step
-    records them and this workload can go."""
-    from export3d.gpucheck.ops import model_sizes
-    from export3d.kernels import bias_act, downsample2d, setup_filter, upsample2d
-    from export3d.model.config import preset as preset_config
-
-    z = model_sizes(preset_config(preset), batch=1)
-
-    def leaf(shape, dtype):
-        return torch.randn(shape).to(dtype).requires_grad_(True)
-
-    def run(dtype):
-        def go():
-            f = setup_filter([1, 3, 3, 1])
-            (c, s), (cd, sd), (ca, sa) = z.upsample, z.downsample, z.bias_act
-            upsample2d(leaf((1, c, s, s), dtype), f, impl="triton").square().sum().backward()
-            downsample2d(leaf((1, cd, sd, sd), dtype), f, impl="triton").square().sum().backward()
-            x, b = leaf((1, ca, sa, sa), dtype), leaf((ca,), dtype)
-            y = bias_act(x, b, act="lrelu", clamp=256.0, impl="triton")
-            (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)  # R1: the gradient of D's input
-            dx.square().sum().backward()
-
-        return go
-
-    return [(f"{preset} eg3d-ops fp32", run(torch.float32)), (f"{preset} eg3d-ops bf16", run(torch.bfloat16))]
+    return [(f"{preset} train fp32", train(False)), (f"{preset} train bf16", train(True)), (f"{preset} infer", infer)]
 
 
 @contextlib.contextmanager

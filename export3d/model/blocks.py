@@ -1,4 +1,4 @@
-"""Building blocks of the generator and the super-resolution: FIR resampling, conv blocks, ViT blocks.
+"""Building blocks of the generator: conv blocks and ViT blocks.
 
 The ViT blocks are SegFormer's (efficient self-attention with sequence reduction, Mix-FFN with a 3x3
 depthwise conv); the conditional variant (EAdaLN-ViT, paper Fig. 3) replaces both pre-norms by
@@ -21,34 +21,6 @@ LRELU_SLOPE = 0.2
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def fir_kernel_2d(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> torch.Tensor:
-    """Separable 2-D FIR kernel ``outer(taps, taps)`` normalised to sum 1 -> ``[K, K]``."""
-    t = torch.tensor(taps, dtype=torch.float32)
-    k = torch.outer(t, t)
-    return k / k.sum()
-
-
-def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """StyleGAN2 ``upsample2d``: zero-insertion x2 then the FIR ``kernel`` ``[4, 4]`` (gain 4), same alignment.
-
-    x ``[B, C, H, W]`` -> ``[B, C, 2H, 2W]``. A depthwise transposed conv (stride 2, padding 1) is the
-    same computation as upfirdn2d(up=2, pad=(2, 1)) for a symmetric 4-tap kernel.
-    """
-    C = x.shape[1]
-    w = (kernel * 4).to(x.dtype)[None, None].expand(C, 1, *kernel.shape)  # [C, 1, 4, 4]
-    return F.conv_transpose2d(x, w, stride=2, padding=1, groups=C)
-
-
-def downsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """StyleGAN2 ``downsample2d``: FIR ``kernel`` ``[4, 4]`` with padding 1, keep every 2nd pixel.
-
-    x ``[B, C, H, W]`` -> ``[B, C, H/2, W/2]``.
-    """
-    C = x.shape[1]
-    w = kernel.to(x.dtype)[None, None].expand(C, 1, *kernel.shape)  # [C, 1, 4, 4]
-    return F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2, groups=C)
-
-
 def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """``[B, H*W, D]`` -> ``[B, D, H, W]``."""
     B, L, D = x.shape

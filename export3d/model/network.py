@@ -12,7 +12,11 @@ Implementation switch (``ModelConfig.impl``, changeable at run time with :meth:`
   through xformers on CUDA when it imports, ``scaled_dot_product_attention`` otherwise.
 - ``kernel_impl`` (``"auto" | "triton" | "reference"``) overrides the fused ops' impl for either mode;
   tests use ``kernel_impl="triton"`` to run the Triton kernels on CPU under ``TRITON_INTERPRET=1``.
-- ``compile=True`` runs the model body (after input validation) through ``torch.compile``.
+- ``compile=True`` runs the model body (after the input checks) through ``torch.compile``.
+
+Inputs: shapes and dtypes are always checked; values (finite, the source in [-1, 1], non-degenerate cameras) only
+with ``validate=True``, because reading them is a device-to-host synchronisation (and impossible under
+``FakeTensorMode``). Training never validates inside its step: its data loaders check what they load.
 """
 
 from __future__ import annotations
@@ -66,14 +70,8 @@ def format_parameter_counts(counts: dict[str, int]) -> str:
     return "\n".join(f"{k:<{width}}  {v:>12,d}  ({v / 1e6:8.3f} M)" for k, v in counts.items())
 
 
-def _check_finite(name: str, x: torch.Tensor, where: str) -> None:
-    if torch.compiler.is_compiling():  # data-dependent check: done once, eagerly, before the compiled body
-        return
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{where}: {name} contains NaN or Inf values")
-
-
 def _check_tensor(name: str, x: torch.Tensor, shape: tuple[int | None, ...], where: str, hint: str = "") -> None:
+    """Type, dtype and shape of an input: metadata only, no read of its values (so no host synchronisation)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -83,25 +81,40 @@ def _check_tensor(name: str, x: torch.Tensor, shape: tuple[int | None, ...], whe
         raise ValueError(f"{where}: {name} must have shape {want}{hint}, got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{where}: {name} is an empty batch (shape {tuple(x.shape)}); pass at least one item")
-    _check_finite(name, x, where)
+
+
+SOURCE_RANGE_SLACK = 0.01  # resampling may overshoot [-1, 1] a little; [0, 1] or [0, 255] images are far outside
+
+
+# Value checks (``validate=True``): they read tensor values on the host, a device-to-host synchronisation on a GPU,
+# so they are opt-in for direct API calls and never run inside the training step (the data loaders validate what
+# they load: export3d/data/clips.py). Each check reduces on the device and reads one small result; those reads are
+# the only host reads of the model.
+def _check_finite(name: str, x: torch.Tensor, where: str) -> None:
+    if not bool(torch.isfinite(x).all()):  # host read: validate=True only
+        raise ValueError(f"{where}: {name} contains NaN or Inf values")
 
 
 def _check_camera(camera: torch.Tensor, where: str) -> None:
     """EG3D cameras: cam2world ``[:16]`` with an invertible rotation, intrinsics ``[16:]`` with fx, fy > 0."""
-    if torch.compiler.is_compiling():
-        return
     cam = camera.detach().double()
     det = torch.linalg.det(cam[:, :16].reshape(-1, 4, 4)[:, :3, :3])  # [B]
     focal = cam[:, [16, 20]]  # fx, fy of the normalised intrinsics [B, 2]
-    bad = (det.abs() < 1e-6) | (focal <= 0).any(1)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"{where}: camera row {i} is degenerate (rotation determinant {det[i].item():.3g}, "
-                         f"fx {focal[i, 0].item():.3g}, fy {focal[i, 1].item():.3g}); expected an EG3D camera: "
-                         "a rigid cam2world [:16] and intrinsics [16:] with fx, fy > 0")
+    bad = ((det.abs() < 1e-6) | (focal <= 0).any(1)).tolist()  # host read: validate=True only
+    if any(bad):
+        i = bad.index(True)
+        d, fx, fy = det[i].item(), focal[i, 0].item(), focal[i, 1].item()  # host read of the error message
+        raise ValueError(f"{where}: camera row {i} is degenerate (rotation determinant {d:.3g}, fx {fx:.3g}, "
+                         f"fy {fy:.3g}); expected an EG3D camera: a rigid cam2world [:16] and intrinsics [16:] with "
+                         "fx, fy > 0")  # fmt: skip
 
 
-SOURCE_RANGE_SLACK = 0.01  # resampling may overshoot [-1, 1] a little; [0, 1] or [0, 255] images are far outside
+def _check_source_range(source: torch.Tensor, where: str) -> None:
+    lo, hi = source.detach().aminmax()
+    lo, hi = torch.stack([lo, hi]).float().tolist()  # host read: validate=True only
+    if lo < -1 - SOURCE_RANGE_SLACK or hi > 1 + SOURCE_RANGE_SLACK:
+        raise ValueError(f"{where}: source values must be in [-1, 1], got [{lo:.4g}, {hi:.4g}] "
+                         "(uint8 pixels p map to p / 127.5 - 1)")  # fmt: skip
 
 
 class DirectExpression(nn.Module):
@@ -151,7 +164,7 @@ class Export3D(nn.Module):
         self.lebs = LeBS(config.lebs) if config.expression_encoder == "lebs" else DirectExpression()
         self.generator = TriplaneGenerator(config, kernel_impl, attention_backend)
         self.renderer = VolumeRenderer(config, kernel_impl)
-        self.superres = SuperResolution(config)
+        self.superres = SuperResolution(config, kernel_impl)
         self._compiled = None  # lazily built torch.compile of _body
 
     def __getstate__(self) -> dict:
@@ -195,18 +208,27 @@ class Export3D(nn.Module):
         return parameter_counts(self, depth)
 
     # public steps ------------------------------------------------------------------------------
-    def encode_expression(self, expression: torch.Tensor) -> torch.Tensor:
+    # Shapes and dtypes are always checked. ``validate=True`` also checks values (finite inputs, the source in
+    # [-1, 1], non-degenerate cameras): host reads, for direct calls on untrusted inputs; training never asks for it.
+    def encode_expression(self, expression: torch.Tensor, validate: bool = False) -> torch.Tensor:
         """beta ``[B, 64]`` -> beta' ``[B, d]`` (appearance-free expression code); beta itself for "direct"."""
-        _check_tensor("expression", expression, (None, self.config.expression_dim), "Export3D.encode_expression")
+        where = "Export3D.encode_expression"
+        _check_tensor("expression", expression, (None, self.config.expression_dim), where)
+        if validate:
+            self._validate(where, expression=expression)
         return self.lebs(self._cast(expression))
 
-    def encode_source(self, source: torch.Tensor) -> SourceFeatures:
+    def encode_source(self, source: torch.Tensor, validate: bool = False) -> SourceFeatures:
         """The generator's source-only work (stem, high-resolution branch) for source ``[B, 3, H, W]`` in [-1, 1]:
         compute it once per source and pass it to :meth:`generate_triplane` with any number of codes."""
-        self._check_source(source, "Export3D.encode_source")
+        where = "Export3D.encode_source"
+        self._check_source(source, where)
+        if validate:
+            self._validate(where, source=source)
         return self.generator.encode_source(self._cast(source))
 
-    def generate_triplane(self, source: torch.Tensor | SourceFeatures, code: torch.Tensor) -> torch.Tensor:
+    def generate_triplane(self, source: torch.Tensor | SourceFeatures, code: torch.Tensor,
+                          validate: bool = False) -> torch.Tensor:  # fmt: skip
         """source ``[B, 3, H, W]`` in [-1, 1] (or its :meth:`encode_source` features, of batch B or 1), code = beta'
         ``[B, d]`` -> tri-plane ``[B, 3, C, H/2, W/2]``."""
         where = "Export3D.generate_triplane"
@@ -214,34 +236,41 @@ class Export3D(nn.Module):
             batch = None if source.batch == 1 else source.batch  # one source's features serve any number of codes
         else:
             self._check_source(source, where)
-            batch, source = source.shape[0], self._cast(source)
+            batch = source.shape[0]
         hint = " (beta' from encode_expression, not the 64-d beta)" if self.config.expression_encoder == "lebs" \
             else " (the 64-d beta: expression_encoder='direct')"  # fmt: skip
         _check_tensor("code", code, (batch, self.config.code_dim), where, hint)
+        if validate:
+            self._validate(where, source=None if isinstance(source, SourceFeatures) else source, code=code)
+        if not isinstance(source, SourceFeatures):
+            source = self._cast(source)
         return self.generator(source, self._cast(code))
 
-    def render(self, triplane: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
+    def render(self, triplane: torch.Tensor, camera: torch.Tensor, validate: bool = False) -> Export3DOutput:
         """Render a tri-plane ``[B or 1, 3, C, H/2, W/2]`` from cameras ``[B, 25]``; a batch-1 tri-plane is
         rendered from every camera (generate once, render many views)."""
         where, g = "Export3D.render", self.config.generator
         P = self.config.plane_resolution
         _check_tensor("triplane", triplane, (None, 3, g.plane_channels, P, P), where)
         _check_tensor("camera", camera, (None, self.config.camera_dim), where)
-        _check_camera(camera, where)
         if triplane.shape[0] not in (1, camera.shape[0]):
             raise ValueError(
                 f"{where}: triplane batch {triplane.shape[0]} must be 1 or camera's batch {camera.shape[0]}"
             )
+        if validate:
+            self._validate(where, triplane=triplane, camera=camera)
         return self._render(self._cast(triplane).expand(camera.shape[0], -1, -1, -1, -1), self._cast(camera))
 
-    def forward(self, source: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor) -> Export3DOutput:
+    def forward(self, source: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor,
+                validate: bool = False) -> Export3DOutput:  # fmt: skip
         """source ``[B, 3, H, W]`` in [-1, 1], expression beta ``[B, 64]``, camera ``[B, 25]`` -> Export3DOutput."""
         where = "Export3D.forward"
         self._check_source(source, where)
         B = source.shape[0]
         _check_tensor("expression", expression, (B, self.config.expression_dim), where)
         _check_tensor("camera", camera, (B, self.config.camera_dim), where)
-        _check_camera(camera, where)
+        if validate:
+            self._validate(where, source=source, expression=expression, camera=camera)
         source, expression, camera = self._cast(source), self._cast(expression), self._cast(camera)
         if self.config.compile:
             if self._compiled is None:
@@ -255,12 +284,18 @@ class Export3D(nn.Module):
     def _check_source(self, source: torch.Tensor, where: str) -> None:
         H = self.config.image_size
         _check_tensor("source", source, (None, 3, H, H), where, f" (preset {self.config.name!r}: image_size={H})")
-        if torch.compiler.is_compiling():
-            return
-        lo, hi = source.detach().aminmax()
-        if lo.item() < -1 - SOURCE_RANGE_SLACK or hi.item() > 1 + SOURCE_RANGE_SLACK:
-            raise ValueError(f"{where}: source values must be in [-1, 1], got [{lo.item():.4g}, {hi.item():.4g}] "
-                             "(uint8 pixels p map to p / 127.5 - 1)")  # fmt: skip
+
+    @staticmethod
+    def _validate(where: str, **inputs: torch.Tensor | None) -> None:
+        """The value checks of ``validate=True`` (host reads), in argument order: finite values, then the source's
+        range and the cameras."""
+        for name, x in inputs.items():
+            if x is not None:
+                _check_finite(name, x, where)
+        if inputs.get("source") is not None:
+            _check_source_range(inputs["source"], where)
+        if inputs.get("camera") is not None:
+            _check_camera(inputs["camera"], where)
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs of another floating dtype (float64, fp16, bf16) take the weights' dtype (under autocast, too)."""

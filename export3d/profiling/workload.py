@@ -32,6 +32,7 @@ class ProfileOptions:
     seed: int = 0
     json_path: str | None = None
     trace_path: str | None = None
+    memory: bool = False  # report the saved-for-backward memory per module instead (export3d.profiling.memory)
 
 
 # ----------------------------------------------------------------------------------------------- the workload

@@ -8,6 +8,11 @@ encoder (then frozen), reconstruction (MSE + LPIPS on raw and final images), and
 Outputs in ``--out``: ``config.json``, ``checkpoints/`` (safetensors + training state, atomic),
 ``samples/*.png`` (source | driving | raw | final | target), ``log.jsonl``, ``tensorboard/`` and, at
 the end, ``metrics.json`` (held-out same- and cross-identity PSNR / SSIM / LPIPS vs copy-the-source).
+
+A step reads nothing on the host: its losses stay on the device (:class:`PendingLog`) until the next log interval
+or checkpoint, where :func:`read_logs` fetches all of them at once and checks them, so on a GPU the steps in between
+queue without a device-to-host synchronisation. A non-finite value is then reported with the step that produced it;
+a checkpoint reads the pending values first and never saves a non-finite state.
 """
 
 from __future__ import annotations
@@ -139,6 +144,16 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------- one run
 @dataclass
+class PendingLog:
+    """The values one step logged, still on the device (0-d tensors), until :func:`read_logs` reads them."""
+
+    step: int  # global step count after the step
+    stage: str
+    stage_step: int  # the step's count within its stage
+    values: dict[str, torch.Tensor]
+
+
+@dataclass
 class Run:
     """One training run: what :func:`start_run` built, and how far it has got. The steps of :func:`main` share it.
 
@@ -166,6 +181,12 @@ class Run:
     logger: RunLogger | None = None  # set by start_run once the run folder is written
     samples: list[EvalBatch] = field(default_factory=list)  # the held-out rows of every sample grid
     last_saved: Path | None = None  # the newest checkpoint folder (None: none written or resumed yet)
+    pending: list[PendingLog] = field(default_factory=list)  # steps whose logged values have not been read yet
+    shown_logs: dict[str, float] = field(default_factory=dict)  # the progress bar's values (the newest read ones)
+    # throughput since the last log line: its start (minus sample grids and checkpoint writes), steps and images
+    interval_start: float = field(default_factory=time.perf_counter)
+    interval_steps: int = 0
+    interval_images: int = 0
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -316,11 +337,13 @@ def start_run(cfg: TrainConfig) -> Run:
 # ----------------------------------------------------------------------------------------------- checkpoints
 def checkpoint(run: Run) -> None:
     """Save the weights, optimisers, progress and RNG of every rank (all ranks call it; rank 0 writes). A state
-    holding NaN or Inf is never saved over the last finite one: that is a divergence."""
+    holding NaN or Inf is never saved over the last finite one: that is a divergence. The values logged since the
+    last read are read and checked first, so a divergence is reported at the step whose loss went non-finite."""
+    read_logs(run)
     for name, module in run.saved_modules.items():
         bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
-            diverged(run, f"{name}.{bad[0]} holds NaN or Inf values", 0)
+            diverged(run, f"{name}.{bad[0]} holds NaN or Inf values")
     payload = {
         **run.state,
         "optimisers": {k: o.state_dict() for k, o in run.optimisers.items()},
@@ -334,14 +357,33 @@ def checkpoint(run: Run) -> None:
                                          meta=meta)  # fmt: skip
 
 
-def diverged(run: Run, what: str, ahead: int) -> NoReturn:
+def diverged(run: Run, what: str, at: PendingLog | None = None) -> NoReturn:
     """Raise :class:`runs.TrainingDiverged` naming the step, ``what`` went wrong and the last finite checkpoint.
-    ``ahead``: 1 when the step being taken (not yet counted in ``run.state``) diverged."""
-    state, last = run.state, run.last_saved
+    ``at``: the step whose logged values went non-finite (default: the last step taken)."""
+    last = run.last_saved
+    step, stage, stage_step = (at.step, at.stage, at.stage_step) if at is not None else \
+        (run.state["step"], run.state["stage"], run.state["stage_step"])  # fmt: skip
     kept = f"the last finite checkpoint is {last}" if last else "no checkpoint was written"
-    raise runs.TrainingDiverged(f"training diverged in step {state['step'] + ahead} ({state['stage']} step "
-                                f"{state['stage_step'] + ahead}): {what}; it was not saved, {kept}. "
-                                "Lower --lr / --adv-weight or check the data.")  # fmt: skip
+    raise runs.TrainingDiverged(f"training diverged in step {step} ({stage} step {stage_step}): {what}; it was not "
+                                f"saved, {kept}. Lower --lr / --adv-weight or check the data.")  # fmt: skip
+
+
+def read_logs(run: Run) -> PendingLog | None:
+    """Read every pending logged value on the host in one transfer (on a GPU, the one synchronisation of the steps
+    since the last read) and check them in step order: the first non-finite one raises :class:`runs.TrainingDiverged`
+    naming its step. Returns the newest step's log with its values as floats (None when nothing was pending)."""
+    pending, run.pending = run.pending, []
+    if not pending:
+        return None
+    flat = torch.stack([v.detach().float().reshape(()) for p in pending for v in p.values.values()]).tolist()
+    i = 0
+    for p in pending:
+        p.values = dict(zip(p.values, flat[i : i + len(p.values)], strict=True))
+        i += len(p.values)
+        bad = runs.non_finite(p.values)
+        if bad:
+            diverged(run, f"{bad[0]} = {p.values[bad[0]]} (logged values: {', '.join(bad)} non-finite)", p)
+    return pending[-1]
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -373,14 +415,17 @@ def train_stage(run: Run, stage: str) -> None:
     if stage != "clebs" and run.ema is not None and generator_images(state, cfg, run.dist) == 0:
         run.ema.reset(run.model)  # the average starts from the weights DDP has just made equal on every rank
     progress = Progress(stage, state["stage_step"], total, enabled=run.dist.is_main, log_every=cfg.log_every)
+    run.interval_start, run.interval_steps, run.interval_images = time.perf_counter(), 0, 0
     try:
         while state["stage_step"] < total:
-            t0 = time.perf_counter()
-            logs, images = take_step(run, stage, stream, *nets)
-            report_step(run, stage, total, progress, logs, images, time.perf_counter() - t0)
+            take_step(run, stage, stream, *nets)
+            report_step(run, stage, total, progress)
             stop = stop_reached(run)
             if state["stage_step"] % cfg.ckpt_every == 0 and state["stage_step"] < total and not stop:
+                read_logs(run)  # waits for the steps' work, which belongs to their time; the write does not
+                t0 = time.perf_counter()
                 checkpoint(run)  # a stage's last step and a --stop-after step are saved once, after the loop
+                run.interval_start += time.perf_counter() - t0
             if stop:
                 break
     except runs.TrainingDiverged:
@@ -390,10 +435,9 @@ def train_stage(run: Run, stage: str) -> None:
 
 
 def take_step(run: Run, stage: str, stream: BatchStream, net_c: nn.Module, net_g: nn.Module | None,
-              net_d: nn.Module | None) -> tuple[dict[str, float], int]:  # fmt: skip
-    """One optimiser step of ``stage``, then the buffer average, the weight EMA and the progress counters.
-    Returns the logged values and the number of images this process trained on. A non-finite logged value
-    raises :class:`runs.TrainingDiverged` before anything is counted."""
+              net_d: nn.Module | None) -> None:  # fmt: skip
+    """One optimiser step of ``stage``, then the buffer average, the weight EMA and the progress counters. Its logged
+    values join ``run.pending``, unread: nothing here waits for the device."""
     cfg, dist, state, opts = run.cfg, run.dist, run.state, run.optimisers
     batch = {k: v.to(dist.device) for k, v in stream.next().items()}
     if stage == "clebs":
@@ -401,41 +445,49 @@ def take_step(run: Run, stage: str, stream: BatchStream, net_c: nn.Module, net_g
         opts["clebs"].zero_grad(set_to_none=True)
         loss.backward()
         opts["clebs"].step()
-        logs = {"infonce": loss.item()}
+        logs = {"infonce": loss.detach()}
         images = batch["images"].shape[0] * batch["images"].shape[1]
     else:
         logs = train_generator_step(net_g, net_d, run.disc, opts["generator"], opts["discriminator"], batch,
                                     run.lpips_model, cfg, state["stage_step"], run.autocast)  # fmt: skip
         average_buffers(run.model, dist)
         images = batch["source"].shape[0]  # source [B, 3, H, W]
-    bad = runs.non_finite(logs)
-    if bad:
-        diverged(run, f"{bad[0]} = {logs[bad[0]]} (logged values: {', '.join(bad)} non-finite)", 1)
     state["stage_step"] += 1
     if run.ema is not None and stage != "clebs":
         run.ema.update(run.model, generator_images(state, cfg, dist), images * dist.world_size)
     state["step"] += 1
     state["positions"][stage] = stream.position
-    return logs, images
+    run.pending.append(PendingLog(state["step"], stage, state["stage_step"], logs))
+    run.interval_steps += 1
+    run.interval_images += images
 
 
-def report_step(run: Run, stage: str, total: int, progress: Progress, logs: dict[str, float], images: int,
-                dt: float) -> None:  # fmt: skip
-    """Progress line, log.jsonl / TensorBoard scalars every --log-every steps and at the stage end, and (rank 0,
-    generator stages) a sample grid every --sample-every steps and at the stage end. ``dt``: the step's seconds."""
+def report_step(run: Run, stage: str, total: int, progress: Progress) -> None:
+    """Progress line every step; every --log-every steps and at the stage end, the read of the pending values (the
+    divergence check) and their log.jsonl / TensorBoard scalars; and (rank 0, generator stages) a sample grid every
+    --sample-every steps and at the stage end. Step time and throughput are averages over the steps since the last
+    log line, measured after the read (on a GPU the first moment their work is known to be done), without the time
+    of sample grids and checkpoint writes."""
     cfg, dist, state = run.cfg, run.dist, run.state
-    optimiser = run.optimisers["clebs" if stage == "clebs" else "generator"]
-    logs.update(step_time=dt, images_per_s=images * dist.world_size / dt, lr=optimiser.param_groups[0]["lr"])
-    progress.update(state["stage_step"], {"loss": logs.get("loss", logs.get("infonce")),
-                                          "img/s": round(logs["images_per_s"], 1)})  # fmt: skip
     end = state["stage_step"] == total
     if state["stage_step"] % cfg.log_every == 0 or end:
+        logs = dict(read_logs(run).values)  # this step's values: it is pending, since nothing read after it
+        dt = time.perf_counter() - run.interval_start
+        optimiser = run.optimisers["clebs" if stage == "clebs" else "generator"]
+        logs.update(step_time=dt / max(run.interval_steps, 1),
+                    images_per_s=run.interval_images * dist.world_size / max(dt, 1e-9),
+                    lr=optimiser.param_groups[0]["lr"])  # fmt: skip
         run.logger.scalars(state["step"], stage, logs)
+        run.shown_logs = {"loss": logs.get("loss", logs.get("infonce")), "img/s": round(logs["images_per_s"], 1)}
+        run.interval_start, run.interval_steps, run.interval_images = time.perf_counter(), 0, 0
+    progress.update(state["stage_step"], run.shown_logs)
     if stage != "clebs" and dist.is_main and (state["stage_step"] % cfg.sample_every == 0 or end):
+        t0 = time.perf_counter()
         grid = sample_grid(run.shown, run.samples, dist.device)  # [3, H', W']: a row per sample, 5 columns
         save_png(grid, run.out / "samples" / f"{stage}_{state['stage_step']:06d}.png")
         save_png(grid, run.out / "samples" / "latest.png")
         run.logger.image(state["step"], f"{stage}/samples", grid)
+        run.interval_start += time.perf_counter() - t0
 
 
 def end_stage(run: Run, stage: str) -> None:
@@ -510,8 +562,10 @@ def main(cfg: TrainConfig) -> TrainResult:
         close_run(run)
         raise
     except KeyboardInterrupt as exc:
-        save_on_interrupt(run, exc)
-        close_run(run)
+        try:
+            save_on_interrupt(run, exc)  # raises TrainingDiverged instead when the pending values are not finite
+        finally:
+            close_run(run)
         raise
     finally:
         restore_handlers()
@@ -524,8 +578,11 @@ def main(cfg: TrainConfig) -> TrainResult:
 
 
 def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg: TrainConfig, stage_step: int,
-                         autocast) -> dict[str, float]:  # fmt: skip
-    """One reconstruction step, plus (stage 2) the adversarial term and one discriminator step with lazy R1."""
+                         autocast) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One reconstruction step, plus (stage 2) the adversarial term and one discriminator step with lazy R1.
+
+    Returns the logged values as detached 0-d tensors on the device. Nothing in the step reads a tensor on the host
+    (``tests/training/test_fake_step.py`` runs it under ``FakeTensorMode``, where any such read raises)."""
     source, driving, beta, camera = batch["source"], batch["driving"], batch["beta"], batch["camera"]
     with autocast:
         out = net_g(source, beta, camera)
@@ -536,11 +593,11 @@ def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, c
                 p.requires_grad_(False)
             g_adv = generator_adversarial_loss(disc(out.image, out.image_raw, camera))
             loss = loss + cfg.adv_weight * g_adv
-            logs["g_adv"] = g_adv.item()
+            logs["g_adv"] = g_adv.detach()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
-    logs["loss"] = loss.item()
+    logs["loss"] = loss.detach()
     if net_d is None:
         return logs
     for p in disc.parameters():
@@ -555,9 +612,9 @@ def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, c
     if r1_step:
         r1 = r1_penalty(real_logits.float(), [real, real_raw])
         d_loss = d_loss + cfg.r1_gamma / 2 * r1 * cfg.r1_every
-        logs["r1"] = r1.item()
+        logs["r1"] = r1.detach()
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
-    logs["d_loss"] = d_loss.item()
+    logs["d_loss"] = d_loss.detach()
     return logs

@@ -1,4 +1,8 @@
-"""Training losses: reconstruction (MSE + LPIPS on raw and final images) and the adversarial terms."""
+"""Training losses: reconstruction (MSE + LPIPS on raw and final images) and the adversarial terms.
+
+Every loss and logged part stays a tensor on the device: nothing here reads a value on the host, so a training step
+never waits for the GPU (the loop reads the logged parts at its log intervals, export3d/training/loop.py).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ def reconstruction_loss(
     lpips_model: nn.Module,
     lpips_weight: float = 1.0,
     with_lpips: bool = True,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L_rec = MSE(raw, D_raw) + MSE(img, D) + w * (LPIPS(raw, D_raw) + LPIPS(img, D))`` -> (loss, parts).
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L_rec = MSE(raw, D_raw) + MSE(img, D) + w * (LPIPS(raw, D_raw) + LPIPS(img, D))`` -> (loss, parts), the parts
+    detached 0-d tensors.
 
     ``with_lpips=False`` drops the two LPIPS terms (lazy LPIPS, ``TrainConfig.lpips_every``). The parts name
     the LPIPS terms after the network that computed them (``LPIPSInfo.metric_name``): ``lpips`` / ``lpips_raw``
@@ -34,13 +39,13 @@ def reconstruction_loss(
     mse_raw = F.mse_loss(image_raw.float(), target_raw.float())
     mse = F.mse_loss(image.float(), target.float())
     loss = mse_raw + mse
-    parts = {"mse_raw": mse_raw.item(), "mse": mse.item()}
+    parts = {"mse_raw": mse_raw.detach(), "mse": mse.detach()}
     if with_lpips:
         lp_raw = lpips_distance(lpips_model, image_raw.float(), target_raw.float()).mean()
         lp = lpips_distance(lpips_model, image.float(), target.float()).mean()
         loss = loss + lpips_weight * (lp_raw + lp)
         name = lpips_info_of(lpips_model).metric_name
-        parts.update({f"{name}_raw": lp_raw.item(), name: lp.item()})
+        parts.update({f"{name}_raw": lp_raw.detach(), name: lp.detach()})
     return loss, parts
 
 

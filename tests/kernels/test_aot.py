@@ -30,7 +30,7 @@ def test_aot_compiles_every_kernel_without_spills(tmp_path):
     assert all(r["error"] == "" and r["spill_bytes"] == 0 and r["registers"] > 0 for r in rows)
     # the presets' own configurations: both presets, forward and backward of every op the model runs on the Triton
     # path (the renderer's is render_rays; triplane_sample and composite_rays serve its reference path and users),
-    # and EG3D's ops at the super-resolution's and discriminator's shapes (the presets' eg3d-ops workloads)
+    # including the super-resolution's and the discriminator's upfirdn2d and bias_act (R1's double backward too)
     stems = ("_eadaln", "_psl", "_render", "_bias_act")
     model_kernels = {f"{stem}_{d}_kernel" for stem in stems for d in ("fwd", "bwd")} | {"_upfirdn2d_kernel"}
     for preset in ("paper", "tiny"):

@@ -12,7 +12,6 @@ import torch
 from export3d.kernels import downsample2d, filter2d, setup_filter, upfirdn2d, upfirdn2d_ref, upsample2d
 from export3d.kernels.reference import upfirdn2d_out_size
 from export3d.kernels.upfirdn2d import _get_filter_size, _parse_padding, _parse_scaling, backward_padding
-from export3d.model.blocks import downsample2x, fir_kernel_2d, upsample2x
 from tests.kernels.helpers import assert_close_lowp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,18 +160,24 @@ def test_unseen_seeds_and_configurations(device):
 
 # ----------------------------------------------------------------------------------------------- EG3D wrappers
 @pytest.mark.parametrize("impl", ["reference", "triton"])
-def test_wrappers_keep_eg3d_sizes_and_match_the_model_blocks(impl, device):
-    """setup_filter([1, 3, 3, 1]) is the model's FIR kernel; upsample2d / downsample2d equal its up/down blocks."""
+def test_wrappers_keep_eg3d_sizes_and_match_the_depthwise_conv_forms(impl, device):
+    """setup_filter([1, 3, 3, 1]) is outer([1, 3, 3, 1]) / 64; upsample2d / downsample2d equal StyleGAN2's FIR
+    resampling written as depthwise convolutions (the model's plain-PyTorch blocks before it used these ops)."""
     f = setup_filter([1, 3, 3, 1], device=device)
     assert f.shape == (4, 4)
-    torch.testing.assert_close(f, fir_kernel_2d().to(device))
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0], device=device)
+    torch.testing.assert_close(f, torch.outer(taps, taps) / 64)
     x = _x((2, 3, 6, 5), torch.float32, device).detach()
     up = upsample2d(x, f, impl=impl)
     down = downsample2d(x[..., :4], f, impl=impl)
     assert up.shape == (2, 3, 12, 10) and down.shape == (2, 3, 3, 2)
     assert filter2d(x, f, impl=impl).shape == x.shape
-    torch.testing.assert_close(up, upsample2x(x, f), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(down, downsample2x(x[..., :4], f), atol=1e-5, rtol=1e-5)
+    depthwise = f.expand(3, 1, 4, 4)  # [C, 1, 4, 4]
+    want_up = torch.nn.functional.conv_transpose2d(x, depthwise * 4, stride=2, padding=1, groups=3)
+    want_down = torch.nn.functional.conv2d(torch.nn.functional.pad(x[..., :4], (1, 1, 1, 1)), depthwise, stride=2,
+                                           groups=3)  # fmt: skip
+    torch.testing.assert_close(up, want_up, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(down, want_down, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fname", ["sep3", "sep8", "2d2x4", "none"])

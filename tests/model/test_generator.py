@@ -1,4 +1,4 @@
-"""Tri-plane generator: EMA buffer, zero-initialised expression modulation, attention helper, FIR blocks."""
+"""Tri-plane generator: EMA buffer, zero-initialised expression modulation, attention helper."""
 
 import subprocess
 import sys
@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from export3d.model import attention as attention_mod
-from export3d.model.blocks import downsample2x, fir_kernel_2d, upsample2x
 from export3d.model.config import preset
 from export3d.model.generator import TriplaneGenerator
 from tests.model.helpers import inputs, small_model
@@ -114,22 +113,6 @@ def test_import_and_cpu_forward_do_not_import_xformers_or_lpips():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_fir_resampling_matches_upfirdn():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 5, 7, generator=g)
-    k = fir_kernel_2d((1.0, 3.0, 3.0, 1.0))
-    # upfirdn2d(up=2, pad=(2, 1)): zero-insert, pad, correlate with the kernel * 4.
-    z = torch.zeros(2, 3, 10, 14)
-    z[..., ::2, ::2] = x
-    want = F.conv2d(F.pad(z, (2, 1, 2, 1)), (k * 4).expand(3, 1, 4, 4), groups=3)
-    torch.testing.assert_close(upsample2x(x, k), want, atol=1e-6, rtol=1e-6)
-    # A constant image stays constant in the interior after up- and down-sampling (unit DC gain).
-    ones = torch.ones(1, 1, 8, 8)
-    assert torch.allclose(upsample2x(ones, k)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
-    assert torch.allclose(downsample2x(ones, k)[..., 1:-1, 1:-1], torch.ones(1, 1, 2, 2))
-    assert downsample2x(x[..., :4, :6], k).shape == (2, 3, 2, 3)
 
 
 def test_source_resampling_lines_up_a_frontal_image_with_the_xy_plane():

@@ -206,12 +206,15 @@ def test_forward_rejects_bad_inputs(arg, bad, match):
 @pytest.mark.parametrize("arg", ["source", "expression", "camera"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_forward_rejects_non_finite_inputs(arg, value):
-    model = small_model()
+    """Values are checked with validate=True (direct calls); without it the forward reads nothing on the host."""
+    model = small_model().eval()
     args = dict(zip(("source", "expression", "camera"), inputs(model, batch=2), strict=True))
     args[arg] = args[arg].clone()
     args[arg].view(-1)[3] = value
     with pytest.raises(ValueError, match=f"{arg} contains NaN or Inf"):
-        model(**args)
+        model(**args, validate=True)
+    with torch.no_grad():
+        assert not model(**args).image.isfinite().all()  # unchecked: the NaN / Inf reaches the image
 
 
 def test_step_methods_reject_bad_inputs():
@@ -255,11 +258,22 @@ def test_wrong_values_and_dtypes_give_clear_errors_or_are_cast():
     no_focal[:, 16:] = 0
     for bad in (no_focal, torch.zeros_like(cam)):
         with pytest.raises(ValueError, match=r"camera row 0 is degenerate"):
-            model(src, beta, bad)
+            model(src, beta, bad, validate=True)
         with pytest.raises(ValueError, match=r"camera row 0 is degenerate"):
-            model.render(model.generate_triplane(src[:1], model.encode_expression(beta[:1])), bad)
-    with pytest.raises(ValueError, match=r"source values must be in \[-1, 1\], got \[0.0\d+, 255\]"):
-        model((src + 1) * 127.5, beta, cam)
+            model.render(model.generate_triplane(src[:1], model.encode_expression(beta[:1])), bad, validate=True)
+    with pytest.raises(ValueError, match=r"camera row 1 is degenerate \(rotation determinant 0"):
+        model(src, beta, torch.stack([cam[0], torch.zeros_like(cam[1])]), validate=True)
+    for call in (lambda s: model((s + 1) * 127.5, beta, cam, validate=True),
+                 lambda s: model.encode_source((s + 1) * 127.5, validate=True),
+                 lambda s: model.generate_triplane((s + 1) * 127.5, model.encode_expression(beta), validate=True)):
+        with pytest.raises(ValueError, match=r"source values must be in \[-1, 1\], got \[0.0\d+, 255\]"):
+            call(src)
+    with pytest.raises(ValueError, match=r"code contains NaN"):
+        model.generate_triplane(src, model.encode_expression(beta) * float("nan"), validate=True)
+    with pytest.raises(ValueError, match=r"expression contains NaN"):
+        model.encode_expression(beta * float("nan"), validate=True)
+    with pytest.raises(ValueError, match=r"triplane contains NaN"):
+        model.render(torch.full((1, 3, 16, 16, 16), float("nan")), cam[:1], validate=True)
     with pytest.raises(ValueError, match=r"source is an empty batch"):
         model(src[:0], beta[:0], cam[:0])
     with pytest.raises(ValueError, match=r"expression is an empty batch"):

@@ -119,3 +119,31 @@ def test_fused_rendering_has_its_own_stage():
     assert "fused rendering (render_rays)" in profile.TRAIN_STAGES
     assert timer.stats["fused rendering (render_rays)"].calls == 2  # density-only coarse pass + final pass
     assert "tri-plane sampling" not in timer.stats and "compositing" not in timer.stats
+
+
+def test_memory_table_of_the_tiny_training_step(tmp_path, capsys):
+    """``--memory``: the saved-for-backward table of one training step on fake tensors (no time measured)."""
+    out = tmp_path / "memory.json"
+    assert profile.main(["--memory", "--preset", "tiny", "--batch-size", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["preset"] == "tiny" and report["batch"] == 2
+    assert report["attention_backend"] == "sdpa" and f"attention backend {report['attention_backend']}" in printed
+    rows = report["rows"]
+    for name in ("model.superres.block0", "model.superres.block1", "discriminator.from_rgb",
+                 "discriminator.blocks.0.conv0", "lpips.net.slice1", "discriminator: R1 double backward"):  # fmt: skip
+        assert name in rows and sum(rows[name].values()) > 0, name
+        assert f"  {name} " in printed, name
+    total = sum(n for row in rows.values() for n in row.values())
+    assert f"{total / 2 / 2**20:,.1f}" in printed.splitlines()[-3]  # the total line, per image
+    assert report["superres_and_discriminator_bytes_per_image"] > 0
+    assert "super-resolution + discriminator:" in printed
+
+
+def test_memory_flag_defaults_and_errors(capsys):
+    opts = profile.parse_args(["--memory"])
+    assert (opts.memory, opts.preset, opts.batch) == (True, "paper", 1)
+    assert profile.parse_args([]).preset == "tiny" and not profile.parse_args([]).memory
+    with pytest.raises(SystemExit):
+        profile.parse_args(["--memory", "--trace", "t.json"])
+    assert "--memory measures no time: it takes no --trace" in capsys.readouterr().err
