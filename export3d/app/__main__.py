@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from export3d.data.landmarker import MissingExtraError
 from export3d.utils.cli import add_debug_flag, run_command
+from export3d.utils.extras import MissingExtraError
 from export3d.utils.signals import catch_sigterm
 
 PROG = "export3d.app"

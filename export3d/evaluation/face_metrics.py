@@ -234,7 +234,7 @@ def _counts(scored: dict[str, int]) -> str:
 
 def build_face_metrics(args: argparse.Namespace, device: torch.device) -> FaceMetricSuite:
     """The hooks of ``args`` plus, unless ``--no-face-metrics`` or the extra is missing, the offline extractors."""
-    from export3d.data.landmarker import MissingExtraError
+    from export3d.utils.extras import MissingExtraError
 
     hooks = build_extractors(args, device)
     if getattr(args, "no_face_metrics", False):

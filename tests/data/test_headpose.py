@@ -11,7 +11,8 @@ import pytest
 
 from export3d.data.crop import calibration, face_measures, smooth
 from export3d.data.headpose import FRONTAL_CAMERA, camera_angles, mesh_to_world, project, solve_camera
-from export3d.data.landmarker import MissingExtraError, canonical_mesh, require
+from export3d.data.landmarker import canonical_mesh
+from export3d.utils.extras import MissingExtraError, require
 from tests.eg3d_formula import eg3d_look_at
 
 
@@ -95,7 +96,8 @@ def test_core_package_imports_without_the_face_tools():
     code = ("import sys\n"
             "for m in ('mediapipe', 'cv2', 'dlib'): sys.modules[m] = None\n"
             "import export3d.data.prepare, export3d.data.deep3d, export3d.data, export3d.train, export3d.evaluate\n"
-            "from export3d.data.landmarker import FaceLandmarker, MissingExtraError\n"
+            "from export3d.data.landmarker import FaceLandmarker\n"
+            "from export3d.utils.extras import MissingExtraError\n"
             "try:\n    FaceLandmarker().detect(None, 0)\nexcept MissingExtraError as e:\n    print('MISSING', e)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

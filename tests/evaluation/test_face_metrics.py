@@ -198,7 +198,7 @@ def test_user_hooks_replace_the_offline_metrics():
 
 
 def test_build_face_metrics_respects_the_flags_and_a_missing_extra(monkeypatch):
-    from export3d.data.landmarker import MissingExtraError
+    from export3d.utils.extras import MissingExtraError
     from export3d.evaluation import face_features
     from export3d.evaluation.face_metrics import build_face_metrics
 
