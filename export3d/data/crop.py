@@ -5,11 +5,14 @@ comes from two landmark measures that do not change with roll, as in FFHQ's alig
 ``eye_avg + 0.1 * eye_to_mouth`` (its centre) and ``max(2.0 |eye_to_eye|, 1.8 |eye_to_mouth|)`` (its size).
 Both are calibrated on the canonical mesh seen by EG3D's frontal camera, so that a frontal face is cropped
 exactly as that camera sees it: centred and sized so that PnP puts the camera 2.7 from the origin.
-Centre and size are then smoothed over the clip's frames with a Gaussian, so the crop does not jitter.
+Centre and size are then smoothed over the clip's frames with a Gaussian, so the crop does not jitter: over a whole
+clip at once (:func:`smooth`, :func:`crop_boxes`), or a frame at a time with a look-ahead of ``ceil(3 sigma)``
+frames (:class:`StreamingSmoother`, what ``prepare`` runs), which gives the same values.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +80,79 @@ def crop_boxes(mesh: CanonicalMesh, landmarks: np.ndarray, sigma: float = 2.0) -
     side = smooth(size / size_ref, sigma)
     anchor = smooth(anchor, sigma)
     return CropBoxes(anchor - anchor_ref[None] * side[:, None], side)
+
+
+def _kernel(sigma: float, radius: int) -> np.ndarray:
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2) if radius > 0 else np.ones(1)
+    return kernel / kernel.sum()
+
+
+class StreamingSmoother:
+    """:func:`smooth` of one clip at a time, fed a frame at a time, with a look-ahead of ``ceil(3 sigma)`` frames.
+
+    ``push(item, value)`` adds the next frame of the open clip (``value`` # [D]) with anything to carry along
+    (``item``: the frame itself) and returns the ``(item, smoothed value)`` pairs now final; ``flush()`` ends the
+    clip and returns the rest. Over a clip the smoothed values are those of :func:`smooth` over all its values
+    (the same kernel and the same point reflection at both ends; equal up to rounding), but at most
+    ``radius + 1`` items are held and ``2 radius + 1`` values kept, however long the clip: a frame's smoothed
+    value needs only its ``radius`` neighbours on each side, and the ends it reflects about lie among them.
+    """
+
+    def __init__(self, sigma: float):
+        if sigma < 0:
+            raise ValueError(f"StreamingSmoother: sigma must be >= 0, got {sigma}")
+        self.sigma = sigma
+        self.radius = int(np.ceil(3 * sigma)) if sigma > 0 else 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._values: deque[np.ndarray] = deque()  # clip positions self._first ... self._count - 1
+        self._items: deque = deque()  # items of positions self._next ... self._count - 1, not yet returned
+        self._first = self._next = self._count = 0
+
+    @property
+    def pending(self) -> int:
+        """Items pushed and not yet returned."""
+        return len(self._items)
+
+    def push(self, item, value: np.ndarray) -> list[tuple[object, np.ndarray]]:
+        self._values.append(np.asarray(value, dtype=np.float64))
+        self._items.append(item)
+        self._count += 1
+        out = []
+        while self._next + self.radius < self._count:  # all the neighbours of position _next are in
+            out.append(self._emit(self.radius, None))
+        return out
+
+    def flush(self) -> list[tuple[object, np.ndarray]]:
+        """End the clip: the remaining items with their smoothed values (the clip's end now known)."""
+        length = self._count
+        radius = min(self.radius, length - 1) if length else 0  # smooth() narrows the kernel of a short clip
+        out = [self._emit(radius, length) for _ in range(len(self._items))]
+        self._reset()
+        return out
+
+    def _emit(self, radius: int, length: int | None) -> tuple[object, np.ndarray]:
+        """The item at position ``_next`` with its smoothed value (``length``: the clip's, once it has ended)."""
+        i, last = self._next, (self._count if length is None else length) - 1
+        positions = np.arange(i - radius, i + radius + 1)
+        window = []
+        for j in positions:  # point reflection about the clip's ends, as smooth() pads
+            if j < 0:
+                window.append(2 * self._value(0) - self._value(-j))
+            elif length is not None and j > last:
+                window.append(2 * self._value(last) - self._value(2 * last - j))
+            else:
+                window.append(self._value(j))
+        value = _kernel(self.sigma, radius) @ np.stack(window) if radius > 0 else self._value(i).copy()
+        self._next += 1
+        while self._first < self._next - self.radius:  # values no later frame needs
+            self._values.popleft()
+            self._first += 1
+        return self._items.popleft(), value
+
+    def _value(self, position: int) -> np.ndarray:
+        return self._values[position - self._first]
 
 
 def crop_frame(frame: np.ndarray, corner: np.ndarray, side: float, size: int) -> np.ndarray:

@@ -16,6 +16,11 @@ A video takes three steps (:func:`read_video_faces` runs them in order):
    expression vector.
 3. :func:`cut_crops`: a second decoding pass that cuts the kept frames' crops.
 
+These hold every frame's landmarks and, in :func:`cut_crops`, every crop, and smooth over all the frames with a
+face: for a short video. ``prepare`` runs the same steps on each frame in one decoding pass and bounded memory,
+splitting a video at shot cuts and long gaps (:mod:`~export3d.data.streaming`); within a clip it gives what steps
+1-3 give.
+
 A still photo takes :func:`photo_faces`: every face, each cut and measured exactly as steps 1-3 cut and measure a
 video frame (a one-frame clip: the same crop calibration, no smoothing). An image that already is a face crop (a
 model output, a prepared frame) takes :func:`read_crop`: its landmarks, blendshapes and camera, with the crop
@@ -149,7 +154,9 @@ def cut_crops(path: Path, frame_index: np.ndarray, boxes: CropBoxes, size: int) 
 def read_video_faces(path: Path, landmarker: FaceLandmarker, mesh: CanonicalMesh, size: int, every: int = 1,
                      max_frames: int | None = None, smooth_sigma: float = 2.0, min_frames: int = 1,
                      progress: bool = False) -> tuple[FaceTrack, ClipParameters, list[np.ndarray]]:  # fmt: skip
-    """Steps 1-3: ``(track, parameters, crops)``; :class:`TooFewFaces` when fewer than ``min_frames`` have a face."""
+    """Steps 1-3: ``(track, parameters, crops)``; :class:`TooFewFaces` when fewer than ``min_frames`` have a face.
+
+    Every crop is held: for short videos (``prepare`` streams, :func:`export3d.data.streaming.stream_clips`)."""
     track = track_faces(path, landmarker, every, max_frames, progress)
     if len(track.frame_index) < min_frames:
         raise TooFewFaces(len(track.frame_index), track.frames_considered, min_frames)

@@ -99,3 +99,37 @@ def write_small_face_frames(folder: Path, frames: int = FRAMES, blank: tuple[int
         frame = np.full((CANVAS[1], CANVAS[0], 3), BACKGROUND, np.uint8) if t in blank else small_face_frame(t, frames)
         Image.fromarray(frame).save(folder / f"{t:05d}.png")
     return folder
+
+
+# ----------------------------------------------------------------------------------------------- shots
+SHOT_CANVAS = (640, 360)  # (width, height) of the frames of the shot-cut videos
+
+
+def shot_frame(t: int, centre: tuple[float, float], scale: float, background=BACKGROUND) -> np.ndarray:
+    """Frame t of a shot # [360, 640, 3] uint8: the photo rolled by :func:`motion` (t) and scaled by ``scale`` about
+    PIVOT, which is put at ``centre`` (x, y) on a canvas of ``background`` (a grey level or an RGB colour)."""
+    import skimage.data
+
+    canvas = np.empty((SHOT_CANVAS[1], SHOT_CANVAS[0], 3), np.uint8)
+    canvas[:] = background
+    return place(skimage.data.astronaut(), shot_transform(t, centre, scale), canvas=canvas)
+
+
+def shot_transform(t: int, centre: tuple[float, float], scale: float) -> np.ndarray:
+    """The 2x3 map from photo pixels to frame t of :func:`shot_frame`."""
+    import cv2
+
+    roll, dx, dy = motion(t)
+    m = cv2.getRotationMatrix2D(PIVOT, roll, scale)
+    m[:, 2] += (centre[0] + dx * scale - PIVOT[0], centre[1] + dy * scale - PIVOT[1])
+    return m
+
+
+def write_frames(folder: Path, frames) -> Path:
+    """Frames # [H, W, 3] uint8 as ``folder/00000.png``, ... (a frame folder, which prepare reads as a video)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    return folder
