@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from export3d.data.headpose import FRONTAL_CAMERA, mesh_to_world, project
-from export3d.data.landmarker import CanonicalMesh, require
+from export3d.data.landmarker import CanonicalMesh
+from export3d.utils.extras import require
 
 # MediaPipe face-mesh ids: eye corners (subject's right eye 33/133, left eye 362/263) and mouth corners.
 RIGHT_EYE, LEFT_EYE, MOUTH = (33, 133), (362, 263), (61, 291)

@@ -85,7 +85,8 @@ def compute_table(clips, batch_frames: int = 32, progress: bool = True) -> tuple
     """Read every frame of a ``SyntheticClips`` split: (blendshapes ``[C, F, 52]`` raw, ``found [C, F]``)."""
     from tqdm import tqdm
 
-    from export3d.data.landmarker import FaceLandmarker, require
+    from export3d.data.landmarker import FaceLandmarker
+    from export3d.utils.extras import require
     from export3d.utils.images import to_uint8
 
     cv2 = require("cv2")

@@ -31,7 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from export3d.data.landmarker import Face, FaceLandmarker, require
+from export3d.data.landmarker import Face, FaceLandmarker
+from export3d.utils.extras import require
 
 MIN_FACE_FRACTION = 0.1  # smallest face side searched / sqrt(H W): a face of 1 % of the image area
 MIN_FACE_PX = 40  # ... and never below this side (smaller faces give no usable landmarks; bounds the upscaling)

@@ -21,7 +21,8 @@ import torch
 
 from export3d.cameras import FOCAL, INTRINSICS, orbit_camera, project_points
 from export3d.data.deep3d import EG3D_OFFSET, EG3D_SCALE
-from export3d.data.landmarker import CanonicalMesh, require
+from export3d.data.landmarker import CanonicalMesh
+from export3d.utils.extras import require
 
 BFM_UNIT_CM = 10.0  # Deep3DFaceRecon's BFM unit (BFM09 micrometres / 1e5)
 WORLD_PER_CM = EG3D_SCALE / BFM_UNIT_CM  # 0.027 world units per centimetre of the canonical mesh
