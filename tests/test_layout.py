@@ -26,6 +26,7 @@ LAYERS = {
     "cameras": 0,
     "model": 1,
     "data": 1,
+    "faces": 1,
     "evaluation": 2,
     "training": 3,
     "animation": 3,

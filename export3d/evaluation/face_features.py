@@ -15,6 +15,13 @@ Per image (``[3, H, W]`` in [-1, 1], at the model's resolution), after a bicubic
 A frame where MediaPipe finds no face has no features (``None``); dlib's own HOG detector is not used, so the
 one detector decides for every metric. ``dlib``, ``mediapipe`` and ``cv2`` are imported only when an extractor
 is built (the ``faces`` extra).
+
+:class:`MeshFeatureExtractor` is the batched alternative for AKD and AED only: the PyTorch port of MediaPipe's
+face detector, landmark and blendshape networks (:mod:`export3d.faces`) on a whole batch on the evaluation
+device, with MediaPipe's still-image pipeline around them (detect, crop the face, landmarks, blendshapes), so
+its landmarks and blendshapes are MediaPipe's. Its AKD is the mean distance of MediaPipe's 478 mesh points (not
+dlib's 68), its AED the same blendshape difference, its face test MediaPipe's (detector and presence scores).
+The port's numbers and the MediaPipe path's on the same images: docs/faces.md.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from export3d.utils.extras import EXTRA_HINT, MissingExtraError, require
 from export3d.utils.images import to_uint8
@@ -50,10 +58,11 @@ DESCRIPTION = {
 
 @dataclass(frozen=True)
 class FaceFeatures:
-    landmarks68: np.ndarray  # [68, 2] float64: dlib's points in pixels of the input image's resolution
+    landmarks68: np.ndarray | None  # [68, 2] float64: dlib's points in pixels of the input image's resolution
     blendshapes: np.ndarray  # [52] float32 in [0, 1]
-    pose: np.ndarray  # [3] float64: yaw, pitch (elevation), roll in degrees (headpose.camera_angles)
+    pose: np.ndarray | None  # [3] float64: yaw, pitch (elevation), roll in degrees (headpose.camera_angles)
     descriptor: np.ndarray | None  # [128] float64, or None when not asked for
+    mesh: np.ndarray | None = None  # [478, 2] float64: MediaPipe's landmarks in pixels of the input's resolution
 
 
 def dlib_model(name: str) -> Path:
@@ -76,6 +85,8 @@ def to_pixels(images: torch.Tensor) -> list[np.ndarray]:
 
 class FaceFeatureExtractor:
     """Features of images ``[B, 3, H, W]`` in [-1, 1]: a list of :class:`FaceFeatures` or None (no face)."""
+
+    description = DESCRIPTION
 
     def __init__(self, size: int = EXTRACT_SIZE):
         from export3d.data.landmarker import FaceLandmarker, canonical_mesh
@@ -112,7 +123,7 @@ class FaceFeatureExtractor:
         shape = self.predictor(big, self.box(face.landmarks))
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64) / scale
         desc = np.array(self.recogniser.compute_face_descriptor(big, shape), dtype=np.float64) if descriptor else None
-        return FaceFeatures(points, face.blendshapes, camera_angles(face.camera), desc)
+        return FaceFeatures(points, face.blendshapes, camera_angles(face.camera), desc, face.landmarks / scale)
 
     def __call__(self, images: torch.Tensor, descriptor: bool = False) -> list[FaceFeatures | None]:
         return [self.one(px, descriptor) for px in to_pixels(images)]
@@ -145,4 +156,70 @@ def apd(a: FaceFeatures, b: FaceFeatures) -> float:
     return float(np.abs(diff).mean())
 
 
+def akd_mesh(a: FaceFeatures, b: FaceFeatures) -> float:
+    """Mean distance of MediaPipe's 478 landmarks, pixels (the port's AKD)."""
+    if a.mesh is None or b.mesh is None:
+        raise ValueError("akd_mesh needs MediaPipe's landmarks (FaceFeatures.mesh)")
+    return float(np.linalg.norm(a.mesh - b.mesh, axis=1).mean())
+
+
 METRICS = {"AKD": akd, "CSIM": csim, "AED": aed, "APD": apd}
+MESH_METRICS = {"AKD": akd_mesh, "AED": aed}
+
+
+# ----------------------------------------------------------------------------------------------- the port
+MESH_DESCRIPTION = {
+    "detector": "MediaPipe's face detector and landmark presence score, both at least 0.5 (PyTorch port of its "
+                "still-image pipeline, export3d.faces); every method is scored on the pairs where all compared "
+                "images have a face",
+    "AKD": "mean distance of MediaPipe's 478 landmarks (PyTorch port of its landmark network) in pixels at the "
+           "model's resolution (paper: FAN's 68 points)",
+    "AED": DESCRIPTION["AED"] + "; blendshapes from the PyTorch port of MediaPipe's networks",
+    "resize": f"images resized (bicubic) to {EXTRACT_SIZE} px before extraction, as for the MediaPipe path",
+}  # fmt: skip
+
+
+class MeshFeatureExtractor:
+    """AKD / AED features from the PyTorch port, a batch at a time on ``device``: the extractor interface of
+    :class:`FaceFeatureExtractor` (``descriptor`` is ignored; landmarks68, pose and descriptor are None)."""
+
+    description = MESH_DESCRIPTION
+    metric_functions = MESH_METRICS
+
+    def __init__(self, device: torch.device | str = "cpu", batch: int = 64, bundle: str | Path | None = None,
+                 size: int = EXTRACT_SIZE):  # fmt: skip
+        from export3d.faces import FaceMesh
+
+        self.device, self.batch, self.size = torch.device(device), batch, size
+        self.mesh = FaceMesh.from_bundle(bundle, device=self.device, roi="detector")
+        self.blendshape_names = list(self.mesh.blendshape_names)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, 3, S, S]`` in [-1, 1] -> landmarks ``[B, 478, 2]`` (pixels at S), blendshapes ``[B, 52]``,
+        face ``[B]`` bool, all on the device, in chunks of ``batch`` images."""
+        parts = [self.mesh.predict(self.resize(chunk)) for chunk in images.split(self.batch)]
+        landmarks = torch.cat([p.landmarks[..., :2] for p in parts]) * (images.shape[-1] / self.size)
+        blendshapes = torch.cat([p.blendshapes for p in parts])
+        return landmarks, blendshapes, torch.cat([p.face for p in parts])
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """To the device, fp32, ``size`` px (bicubic, as the MediaPipe path resizes before its landmarker)."""
+        images = images.to(self.device, torch.float32)
+        if images.shape[-1] == self.size:
+            return images
+        return F.interpolate(images, size=(self.size, self.size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    def __call__(self, images: torch.Tensor, descriptor: bool = False) -> list[FaceFeatures | None]:
+        landmarks, blendshapes, face = (t.cpu().numpy() for t in self.predict(images))
+        return [FaceFeatures(None, blendshapes[i], None, None, landmarks[i].astype(np.float64)) if face[i] else None
+                for i in range(len(face))]  # fmt: skip
+
+    def close(self) -> None:
+        """Nothing to release (the interface of FaceFeatureExtractor)."""
+
+
+def mesh_scores(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """AKD and AED per pair from two :meth:`MeshFeatureExtractor.predict` results, on their device: "akd",
+    "aed" ``[B]`` and "faces" ``[B]`` bool (both images have a face; the scores of other pairs mean nothing)."""
+    return {"akd": (a[0] - b[0]).norm(dim=-1).mean(1), "aed": (a[1] - b[1]).abs().mean(1), "faces": a[2] & b[2]}

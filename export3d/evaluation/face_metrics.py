@@ -16,6 +16,10 @@ Two more readings:
 A user-supplied extractor (``--landmarks-weights``, ``--identity-weights``, ``--3dmm-weights``;
 :mod:`~export3d.evaluation.extractors`) replaces the offline one for its metrics. ``--no-face-metrics`` turns
 the offline ones off; without the ``faces`` extra they read "not run" with the install command.
+
+``face_backend="port"`` (``args.face_backend``) computes AKD and AED with the PyTorch port of MediaPipe's
+networks (:class:`~export3d.evaluation.face_features.MeshFeatureExtractor`: batched, on the evaluation device,
+no dlib and no MediaPipe runtime; AKD over MediaPipe's 478 points); CSIM and APD then read "not run".
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from export3d.evaluation.extractors import COLUMNS, EXTRACTORS, ExtractorMetrics
 
 HOOK_OF = {metric: kind for kind, metrics in EXTRACTORS.items() for metric in metrics}  # "AKD" -> "landmarks"
 DRIVING_METRICS = ("AKD", "AED", "APD")  # compared with the driving frame (CSIM: with the source)
+FACE_BACKENDS = ("mediapipe", "port")
+FACE_BACKEND_HELP = ("offline face metrics from MediaPipe + dlib (mediapipe: AKD / CSIM / AED / APD, one image at a "
+                     "time on the CPU) or from the PyTorch port of MediaPipe's networks (port: AKD over its 478 "
+                     "points and AED, batched on the device)")  # fmt: skip
+PORT_METRICS = ("AKD", "AED")
 
 
 class OfflineFaceMetrics:
@@ -41,8 +50,11 @@ class OfflineFaceMetrics:
     """
 
     def __init__(self, extractor, metrics: tuple[str, ...] = ("AKD", "CSIM", "AED", "APD")):
+        from export3d.evaluation.face_features import METRICS
+
         self.extractor = extractor
         self.metrics = metrics
+        self.functions = getattr(extractor, "metric_functions", METRICS)  # metric name -> fn(features, reference)
         self.pairs: dict[str, int] = {}  # setting -> pairs seen
         self.methods: dict[str, tuple[str, ...]] = {}  # setting -> the methods compared ("ground_truth" included)
         self.found: dict[tuple[str, str], int] = {}  # (setting, method) -> pairs whose image has a face
@@ -71,8 +83,6 @@ class OfflineFaceMetrics:
 
     def _pair(self, setting: str, metrics: list[str], outs: dict, src, drv, vs_gt: bool) -> None:
         """One pair: count the faces found; score it where every compared image and the reference have one."""
-        from export3d.evaluation.face_features import METRICS
-
         self.pairs[setting] = self.pairs.get(setting, 0) + 1
         for method, feats in outs.items():
             self.found[setting, method] = self.found.get((setting, method), 0) + (feats is not None)
@@ -81,12 +91,12 @@ class OfflineFaceMetrics:
         for metric in metrics:
             ref = src if metric == "CSIM" else drv
             if ref is not None:
-                self._add((setting, metric), {m: METRICS[metric](out, ref) for m, out in outs.items()})
+                self._add((setting, metric), {m: self.functions[metric](out, ref) for m, out in outs.items()})
         if vs_gt:
             gt = outs["ground_truth"]
             for metric in (m for m in DRIVING_METRICS if m in self.metrics):
-                self._add((setting, "vs_gt", metric),
-                          {m: METRICS[metric](out, gt) for m, out in outs.items() if m != "ground_truth"})  # fmt: skip
+                score = self.functions[metric]
+                self._add((setting, "vs_gt", metric), {m: score(o, gt) for m, o in outs.items() if m != "ground_truth"})
 
     def _add(self, key: tuple, values: dict[str, float]) -> None:
         self.scored[key] = self.scored.get(key, 0) + 1
@@ -170,14 +180,15 @@ class FaceMetricSuite:
         """What computed each metric (for the JSON), with the offline definitions and their differences."""
         from export3d.evaluation.face_features import DESCRIPTION
 
+        offline = getattr(self.offline.extractor, "description", DESCRIPTION) if self.offline else DESCRIPTION
         out = {}
         for metric, kind in HOOK_OF.items():
             where = self.source_of(metric)
             out[metric] = {"hook": f"{kind} extractor from {self.hooks.paths.get(kind)}",
-                           "offline": DESCRIPTION[metric],
+                           "offline": offline.get(metric),
                            "none": f"not run: {self.offline_reason}"}[where]  # fmt: skip
         if self.offline is not None:
-            out["detector"], out["resize"] = DESCRIPTION["detector"], DESCRIPTION["resize"]
+            out["detector"], out["resize"] = offline["detector"], offline["resize"]
         return out
 
     def footer(self, result: dict) -> list[str]:
@@ -233,7 +244,8 @@ def _counts(scored: dict[str, int]) -> str:
 
 
 def build_face_metrics(args: argparse.Namespace, device: torch.device) -> FaceMetricSuite:
-    """The hooks of ``args`` plus, unless ``--no-face-metrics`` or the extra is missing, the offline extractors."""
+    """The hooks of ``args`` plus, unless ``--no-face-metrics`` or the extra is missing, the offline extractors
+    of ``args.face_backend`` (:data:`FACE_BACKENDS`; "mediapipe" when the attribute is absent)."""
     from export3d.utils.extras import MissingExtraError
 
     hooks = build_extractors(args, device)
@@ -242,10 +254,17 @@ def build_face_metrics(args: argparse.Namespace, device: torch.device) -> FaceMe
     needed = tuple(m for m, kind in HOOK_OF.items() if hooks.extractors.get(kind) is None)
     if not needed:
         return FaceMetricSuite(hooks, None, "")
-    from export3d.evaluation.face_features import FaceFeatureExtractor
+    backend = getattr(args, "face_backend", None) or "mediapipe"
+    if backend not in FACE_BACKENDS:
+        raise ValueError(f"--face-backend must be one of {FACE_BACKENDS}, got {backend!r}")
+    from export3d.evaluation.face_features import FaceFeatureExtractor, MeshFeatureExtractor
 
     try:
-        extractor = FaceFeatureExtractor()
+        extractor = MeshFeatureExtractor(device) if backend == "port" else FaceFeatureExtractor()
     except MissingExtraError as err:
         return FaceMetricSuite(hooks, None, str(err))
+    if backend == "port":
+        reason = "the port (--face-backend port) gives AKD and AED only; --face-backend mediapipe computes it"
+        return FaceMetricSuite(hooks, OfflineFaceMetrics(extractor, tuple(m for m in needed if m in PORT_METRICS)),
+                               reason)  # fmt: skip
     return FaceMetricSuite(hooks, OfflineFaceMetrics(extractor, needed), "")

@@ -1,6 +1,7 @@
 """Offline AKD / CSIM / AED / APD: each near zero for a frame against itself and clearly not for another frame;
 every method scored on the same pairs (those where every compared image has a face), each method's face rate;
-the ground-truth readings; user hooks take precedence."""
+the ground-truth readings; user hooks take precedence. The port's AKD / AED (--face-backend port) and how close
+they come to the MediaPipe path's on the same images."""
 
 import math
 from types import SimpleNamespace
@@ -32,15 +33,26 @@ def astronaut(t: int) -> torch.Tensor:
     return torch.from_numpy(face).permute(2, 0, 1).float() / 127.5 - 1
 
 
+# The port's AKD (478 MediaPipe points, pixels at 64 px) and AED against the MediaPipe path's on the same pair,
+# at most: measured 0.089 px and 0.0072 over 30 pairs of astronaut crops and synthetic heads at 64 px
+# (python -m benchmarks.bench_faces; docs/faces.md)
+PORT_AKD_TOL, PORT_AED_TOL = 0.25, 0.015
+
+
 @pytest.fixture(scope="module")
-def features():
+def images():
     from export3d.data import SyntheticClips, SyntheticConfig
-    from export3d.evaluation.face_features import FaceFeatureExtractor
 
     heads = SyntheticClips(SyntheticConfig(resolution=SIZE, test_identities=1, clips_per_identity=1,
                                            frames_per_clip=1), "test")  # fmt: skip
-    images = torch.stack([astronaut(0), astronaut(5), heads.load([(0, [0])])[0]["image"][0],
-                          torch.zeros(3, SIZE, SIZE)])  # fmt: skip
+    return torch.stack([astronaut(0), astronaut(5), heads.load([(0, [0])])[0]["image"][0],
+                        torch.zeros(3, SIZE, SIZE)])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def features(images):
+    from export3d.evaluation.face_features import FaceFeatureExtractor
+
     extractor = FaceFeatureExtractor()
     try:
         return extractor(images, descriptor=True)
@@ -70,6 +82,65 @@ def test_metrics_separate_other_frames(features):
     same, other = METRICS["CSIM"](a0, a5), METRICS["CSIM"](a0, head)
     assert 0.75 < same < 1.0 and other < 0.72  # same person rotated vs a synthetic head
     assert METRICS["AED"](a0, head) > 0.05
+    assert a0.mesh.shape == (478, 2) and ((a0.mesh >= 0) & (a0.mesh < SIZE)).all()  # MediaPipe's, at 64 px
+
+
+@pytest.fixture(scope="module")
+def port():
+    from export3d.evaluation.face_features import MeshFeatureExtractor
+    from export3d.utils.extras import MissingExtraError
+
+    try:
+        return MeshFeatureExtractor("cpu")
+    except MissingExtraError as err:
+        pytest.skip(f"the face model bundle is not installed: {err}")
+
+
+def test_port_features_separate_frames_and_skip_a_blank(port, images):
+    from export3d.evaluation.face_features import MESH_METRICS, mesh_scores
+
+    a0, a5, head, blank = port(images)
+    assert blank is None  # the landmark network's presence score is below 0.5 on a black frame
+    assert a0.mesh.shape == (478, 2) and a0.blendshapes.shape == (52,) and a0.landmarks68 is None
+    assert ((a0.mesh >= 0) & (a0.mesh < SIZE)).all()
+    for f in (a0, a5, head):
+        assert {name: fn(f, f) for name, fn in MESH_METRICS.items()} == {"AKD": 0.0, "AED": 0.0}
+    assert MESH_METRICS["AKD"](a0, a5) > 1.0 and MESH_METRICS["AED"](a0, head) > 0.05
+    # the batched scores on the device are the per-image ones
+    out = port.predict(images)
+    scores = mesh_scores(tuple(t[:3] for t in out), tuple(t[[1, 2, 0]] for t in out))
+    expected = [MESH_METRICS["AKD"](a, b) for a, b in ((a0, a5), (a5, head), (head, a0))]
+    torch.testing.assert_close(scores["akd"].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert scores["faces"].all() and not out[2][3]
+
+
+def test_port_agrees_with_the_mediapipe_path(port, features, images):
+    from export3d.evaluation.face_features import MESH_METRICS
+
+    ours = port(images)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        for metric, tol in (("AKD", PORT_AKD_TOL), ("AED", PORT_AED_TOL)):
+            fn = MESH_METRICS[metric]
+            port_value, mediapipe_value = fn(ours[i], ours[j]), fn(features[i], features[j])
+            assert abs(port_value - mediapipe_value) <= tol, (metric, i, j, port_value, mediapipe_value)
+
+
+def test_build_face_metrics_with_the_port(port):
+    from export3d.evaluation.face_metrics import build_face_metrics
+
+    args = SimpleNamespace(landmarks_weights=None, identity_weights=None, threedmm_weights=None,
+                           extractor_plugin=None, no_face_metrics=False, face_backend="port")  # fmt: skip
+    suite = build_face_metrics(args, torch.device("cpu"))
+    assert suite.offline.metrics == ("AKD", "AED") and suite.source_of("CSIM") == "none"
+    source, driving = _images(0.0, 0.1), _images(0.5, 0.5)
+    suite.update("same_identity", EvalBatch(source, driving, None, None, driving),
+                 {"model": _images(0.2, 0.3), "copy_source": source})  # fmt: skip
+    got = suite.results("same_identity", "model")
+    assert got["csim"].startswith("not run: the port (--face-backend port) gives AKD and AED only")
+    assert got["face_rate"] == 0.0  # flat grey frames: no face for the landmark network either
+    assert suite.describe()["AKD"].startswith("mean distance of MediaPipe's 478 landmarks")
+    with pytest.raises(ValueError, match="--face-backend must be one of"):
+        build_face_metrics(SimpleNamespace(**{**vars(args), "face_backend": "dlib"}), torch.device("cpu"))
 
 
 class FakeExtractor:
@@ -198,9 +269,9 @@ def test_user_hooks_replace_the_offline_metrics():
 
 
 def test_build_face_metrics_respects_the_flags_and_a_missing_extra(monkeypatch):
-    from export3d.utils.extras import MissingExtraError
     from export3d.evaluation import face_features
     from export3d.evaluation.face_metrics import build_face_metrics
+    from export3d.utils.extras import MissingExtraError
 
     args = SimpleNamespace(landmarks_weights=None, identity_weights=None, threedmm_weights=None,
                            extractor_plugin=None, no_face_metrics=True)  # fmt: skip
