@@ -4,7 +4,10 @@ Trains the expression-encoding and conditioning variants (:mod:`export3d.trainin
 E2E LeBS with n = 25 / 10 / 5, Full (CLeBS), Full with cross-attention) with the default training run's recipe,
 data and budget, once per seed, then compares them (:mod:`export3d.training.ablation_results`): one table of
 mean +- half the range over seeds, ``ablation.json`` with every number per seed, and ``ablation.png`` with the
-variants' images of the same held-out cross-identity triples. Runs live in ``--out/<variant>/seed<k>``: a
+variants' images of the same held-out cross-identity triples. With the face model bundle installed, a second
+table gives AKD and AED of every run (:class:`~export3d.training.ablation_results.FaceScorer`); the face-loss
+variants (``--variants face_lmk,face_bs,face_feat,face_all``, with ``--expression-source landmarker``) are
+compared with ``clebs`` that way (docs/training.md, "Face losses"). Runs live in ``--out/<variant>/seed<k>``: a
 finished run (``metrics.json`` present) is reused, an interrupted one resumed. On a CPU, ``--jobs`` runs
 train side by side as separate processes, with the cores split between them; Ctrl-C or a SIGTERM to this
 process stops every run at a checkpoint, and the same command then resumes them.
@@ -22,9 +25,18 @@ from pathlib import Path
 
 import torch
 
+from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.evaluation.probe import PROBES
-from export3d.training.ablation_results import collect, comparison_grid, format_ablation, lpips_network, summarise
-from export3d.training.ablation_runs import DEFAULTS, VARIANTS, make_plan, run_config, train_runs
+from export3d.training.ablation_results import (
+    FaceScorer,
+    collect,
+    comparison_grid,
+    format_ablation,
+    format_faces,
+    lpips_network,
+    summarise,
+)
+from export3d.training.ablation_runs import DEFAULTS, PAPER_VARIANTS, VARIANTS, make_plan, run_config, train_runs
 from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.cli import add_debug_flag, run_command
 from export3d.utils.distributed import resolve_device
@@ -40,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", help="folder for the variants' runs (default: runs/ablation, runs/ablation-quick)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(PAPER_VARIANTS),
+                   help=f"comma-separated subset of {','.join(VARIANTS)} (default: the paper's, "
+                        f"{','.join(PAPER_VARIANTS)})")  # fmt: skip
+    p.add_argument("--expression-source", choices=EXPRESSION_SOURCES,
+                   help="the synthetic expression vector of every run (default: the recipe's, beta; landmarker: "
+                        "MediaPipe's 52 blendshapes, as for real videos)")  # fmt: skip
+    p.add_argument("--data", help="'synthetic' (default) or a clip folder prepared by export3d.data.prepare: every "
+                                   "run trains on its train split and is scored on its test split (same-identity "
+                                   "pairs only: real clips have no cross-identity ground truth)")  # fmt: skip
     p.add_argument("--seeds", help="comma-separated training seeds of every variant (default: 0,1; --quick: 0)")
     for name, value in DEFAULTS.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"steps per run (default: {value})")
@@ -53,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vgg-weights", help="torchvision VGG16 weights for LPIPS (else the torch hub cache, else random)")
     p.add_argument("--probe", choices=PROBES, default="ridge", help="identity probe: least squares or logistic")
     p.add_argument("--json", help="where to write the results (default: OUT/ablation.json; the grid goes beside it)")
+    p.add_argument("--no-face-metrics", action="store_true",
+                   help="skip AKD / AED (the PyTorch port of MediaPipe's networks; run when its bundle is installed)")
     add_debug_flag(p)
     return p
 
@@ -87,10 +109,11 @@ def run(args: argparse.Namespace) -> dict:
     seconds = train_runs(list(configs.values()), plan.jobs, quiet=getattr(args, "quiet", False))
     torch.set_num_threads(plan.threads * plan.jobs)
     per_seed: dict[str, dict[int, dict]] = {v: {} for v in plan.variants}
+    faces, no_faces = (None, "--no-face-metrics given") if args.no_face_metrics else FaceScorer.build(device)
     for (variant, seed), cfg in configs.items():
         took = seconds[cfg.out]
         took = round(took, 1) if took is not None else earlier.get((variant, seed))  # a reused run: when trained
-        per_seed[variant][seed] = collect(cfg, args.probe, device) | {"train_seconds": took}
+        per_seed[variant][seed] = collect(cfg, args.probe, device, faces) | {"train_seconds": took}
     wall = time.perf_counter() - t0
     reused = sum(t is None for t in seconds.values())
     summary = summarise(per_seed)
@@ -98,12 +121,14 @@ def run(args: argparse.Namespace) -> dict:
     lpips = lpips_network([r for seeds in per_seed.values() for r in seeds.values()])
     print(format_ablation(summary, len(plan.seeds), first["same_identity"]["pairs"],
                           first["identity_leak"]["chance"], lpips))  # fmt: skip
+    print(format_faces(summary, len(plan.seeds)) or f"AKD / AED: not run ({no_faces})")
     print(f"wall time {wall:.0f} s ({reused} of {len(configs)} runs reused); {lpips.describe()}")
     result = {"variants": {v: {**dataclasses.asdict(VARIANTS[v]), "seeds": {str(k): r for k, r in per_seed[v].items()}}
                            for v in plan.variants},
               "summary": summary, "steps": plan.steps, "data_overrides": plan.data, "seeds": plan.seeds,
               "jobs": plan.jobs, "threads": plan.threads, "wall_seconds": round(wall, 1),
-              "reused_runs": reused, "lpips_network": dataclasses.asdict(lpips)}  # fmt: skip
+              "reused_runs": reused, "lpips_network": dataclasses.asdict(lpips),
+              "face_metrics": FaceScorer.__doc__ if faces is not None else f"not run: {no_faces}"}  # fmt: skip
     atomic_write_json(json_path, result)
     grid = comparison_grid([configs[v, plan.seeds[0]] for v in plan.variants], device)
     png = save_png(grid, json_path.with_suffix(".png"))

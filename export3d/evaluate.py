@@ -12,7 +12,11 @@ when supplied (``--landmarks-weights``, ``--identity-weights``, ``--3dmm-weights
 reads "not run: <reason>", never a number. The face metrics score every method on the same pairs (those where
 every compared image has a face) and each method's face rate is a column of its own. LPIPS is named after its
 network: ``LPIPS(rand)`` / ``lpips_random_vgg`` unless ``--vgg-weights`` (or the torch hub cache) gives the real
-VGG16. The extractor contract is in :mod:`export3d.evaluation.extractors`. The ablations (paper Tables 3 and 4)
+VGG16. With several ``--data`` sources (or a run that mixed several) each is reported on its own; ``--split all``
+scores every clip of a folder (held-out people prepared on their own). For clip folders, the memorisation measure
+(:mod:`export3d.evaluation.memorisation`): the share of outputs whose dlib face descriptor is nearer the source's
+than any training identity's; ``--grid PATH`` draws the outputs beside their nearest training faces. The extractor
+contract is in :mod:`export3d.evaluation.extractors`. The ablations (paper Tables 3 and 4)
 have their own command, ``python -m export3d.ablation``.
 """
 
@@ -26,11 +30,20 @@ import torch
 
 from export3d.evaluation import extractors
 from export3d.evaluation.extractors import COLUMNS, HIGHER_IS_BETTER
-from export3d.evaluation.face_metrics import build_face_metrics
-from export3d.evaluation.loading import held_out_source, load_model, model_config_from_meta
+from export3d.evaluation.face_metrics import FACE_BACKEND_HELP, FACE_BACKENDS, FaceMetricSuite, build_face_metrics
+from export3d.evaluation.loading import (
+    SPLITS,
+    held_out_source,
+    held_out_sources,
+    load_model,
+    model_config_from_meta,
+    source_label,
+    training_sources,
+)
+from export3d.evaluation.memorisation import DEFAULT_FRAMES, Memorisation, memorisation_grid
 from export3d.evaluation.metrics import LPIPSInfo, build_lpips
 from export3d.evaluation.probe import PROBES, identity_leak
-from export3d.evaluation.scoring import evaluate
+from export3d.evaluation.scoring import evaluate, format_memorisation
 from export3d.model.config import PRESETS
 from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.cli import add_debug_flag, run_command
@@ -109,36 +122,102 @@ def format_paper_table(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def evaluate_source(args: argparse.Namespace, model, source, lpips_model, device, seed: int, pairs: int,
+                    memo: Memorisation | None, name: str) -> tuple[dict, FaceMetricSuite]:  # fmt: skip
+    """One held-out source: the metrics, the face metrics, its memorisation (clip folders) and identity leak."""
+    extra = build_face_metrics(args, device)
+    hook = memo.hook(name) if memo is not None and name != "synthetic" else None
+
+    def on_batch(setting, batch, predictions):
+        extra.update(setting, batch, predictions)
+        if hook is not None:
+            hook(setting, batch, predictions)
+
+    try:
+        metrics = evaluate(model, source, lpips_model.to(device), device, pairs=pairs, batch_size=args.batch_size,
+                           seed=seed, on_batch=on_batch)  # fmt: skip
+        extra.add_to(metrics)
+    finally:
+        extra.close()
+    if memo is not None and name != "synthetic":
+        metrics["memorisation"] = memo.result(name)
+    metrics["identity_leak"] = identity_leak(model, source, args.probe)
+    return metrics, extra
+
+
+def build_memorisation(args: argparse.Namespace, meta: dict, names: list[str], resolution: int) -> Memorisation | None:
+    """The training identities' descriptors, when some held-out source is a clip folder (None: not measured)."""
+    if args.memorisation_frames == 0 or all(name == "synthetic" for name in names):
+        return None
+    try:
+        train = training_sources(meta, resolution)
+    except (OSError, ValueError) as err:
+        return Memorisation(reason=f"the run's training data cannot be read ({err})")
+    return Memorisation.build([(source_label(n), s) for n, s in train], args.memorisation_frames)
+
+
 def run_checkpoint(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    if args.json:
-        check_output_file(args.json, "--json")  # before the evaluation, not after it
+    for path, flag in ((args.json, "--json"), (args.grid, "--grid")):
+        if path:
+            check_output_file(path, flag)  # before the evaluation, not after it
     model, meta, folder = load_model(args.checkpoint, device, args.preset, args.resolution,
                                      use_ema=not args.trained_weights)  # fmt: skip
     train_cfg = meta.get("train_config") or {}
-    source = held_out_source(meta, args.data, model.config.image_size)
+    sources = held_out_sources(meta, args.data, model.config.image_size, args.split)
     pairs = args.pairs if args.pairs is not None else train_cfg.get("eval_pairs") or 64
-    extra = build_face_metrics(args, device)
     lpips_model, lpips_info = build_lpips(args.vgg_weights)  # its random-VGG fallback is seeded: repeatable
-    metrics = evaluate(model, source, lpips_model.to(device), device, pairs=pairs, batch_size=args.batch_size,
-                       seed=train_cfg.get("seed", 0), on_batch=extra.update)  # fmt: skip
-    extra.add_to(metrics)
-    extra.close()
-    data = args.data or train_cfg.get("data", "synthetic")
+    memo = build_memorisation(args, meta, [n for n, _ in sources], model.config.image_size)
+    blocks, extra = {}, None
+    try:
+        for name, source in sources:
+            blocks[name], extra = evaluate_source(args, model, source, lpips_model, device, train_cfg.get("seed", 0),
+                                                  pairs, memo, name)  # fmt: skip
+        grids = write_grids(args.grid, memo, [n for n, _ in sources])
+    finally:
+        if memo is not None:
+            memo.close()
+    names = list(blocks)
     result = {"checkpoint": str(folder), "step": meta.get("step"), "weights": meta["weights"],
               "preset": model.config.name, "image_size": model.config.image_size,
-              "expression_encoder": model.config.expression_encoder, "data": data, **metrics,
-              "identity_leak": identity_leak(model, source, args.probe),
-              "extractors": extra.describe()}
+              "expression_encoder": model.config.expression_encoder, "data": names[0] if len(names) == 1 else names,
+              "split": args.split}  # fmt: skip
+    network = [b.pop("lpips_network") for b in blocks.values()][0]
+    result.update(blocks[names[0]] if len(names) == 1 else {"sources": blocks})
+    result.update(lpips_network=network, extractors=extra.describe(), grids=grids)
     print(f"export3d.evaluate: {folder} (step {result['step']}, {result['weights']} weights, "
           f"preset {result['preset']}, {result['image_size']} px, expression encoder {result['expression_encoder']}), "
-          f"{data} test split; {lpips_info.describe()}")
-    print("\n".join([format_paper_table(result), *extra.footer(result)]))
+          f"{', '.join(names)} ({args.split} split); {lpips_info.describe()}")
+    for name in names:
+        block = {**blocks[name], "lpips_network": network}
+        lines = [f"held-out data: {name}"] if len(names) > 1 else []
+        lines += [format_paper_table(block), *extra.footer(block)]
+        if "memorisation" in block:
+            lines.append(format_memorisation(block["memorisation"]))
+        print("\n".join(lines))
+    for path in grids.values():
+        print(f"wrote {path} (source | driving | output | nearest training face)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(args.json), result)
         print(f"wrote {args.json}")
     return result
+
+
+def write_grids(path: str | None, memo: Memorisation | None, names: list[str]) -> dict[str, str]:
+    """``--grid PATH``: each clip folder's memorisation grid (PATH itself for one, ``PATH-<folder>.png`` for
+    several)."""
+    real = [n for n in names if n != "synthetic"]
+    if not path:
+        return {}
+    if memo is None or memo.bank is None or not real:
+        why = memo.reason if memo is not None and memo.reason else "no held-out clip folder or --memorisation-frames 0"
+        raise ValueError(f"--grid: the memorisation was not measured ({why})")
+    out = {}
+    for name in real:
+        target = Path(path) if len(real) == 1 else Path(path).with_name(f"{Path(path).stem}-{source_label(name)}.png")
+        out[name] = str(memorisation_grid(memo.probes[name], target))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--checkpoint", required=True,
                    help="a run folder, its checkpoints/ folder, last.json or a step_* folder")
-    p.add_argument("--data", help="'synthetic' or a clip-format folder (default: the run's training data)")
+    p.add_argument("--data", action="append",
+                   help="'synthetic' or a clip-format folder; repeat for several, each reported on its own (default: "
+                        "the run's training data)")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="test: each folder's test split; all: every clip of the folders (a folder of held-out people "
+                        "prepared on its own; synthetic data: its held-out identities either way)")
+    p.add_argument("--memorisation-frames", type=int, default=DEFAULT_FRAMES,
+                   help="frames per training identity for the memorisation measure of clip folders (dlib face "
+                        f"descriptors; 0: off; default: {DEFAULT_FRAMES})")
+    p.add_argument("--grid", help="write a PNG per held-out clip folder: source | driving | output | nearest "
+                                  "training identity's face, with both descriptor distances")
     p.add_argument("--json", help="write every number (and every 'not run' reason) to this JSON file")
     p.add_argument("--pairs", type=int, help="same-identity pairs and cross-identity triples (default: the run's "
                                              "eval_pairs)")  # fmt: skip
@@ -165,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor-plugin", help="module with build_landmarks/build_identity/build_3dmm(path)")
     p.add_argument("--no-face-metrics", action="store_true",
                    help="skip the offline AKD / CSIM / AED / APD (MediaPipe + dlib; the default with the faces extra)")
+    p.add_argument("--face-backend", choices=FACE_BACKENDS, default="mediapipe", help=FACE_BACKEND_HELP)
     p.add_argument("--threads", type=int, help="torch intra-op threads of this process (default: PyTorch's)")
     add_debug_flag(p)
     return p
@@ -175,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs is not None and args.pairs < 1:
         parser.error("--pairs must be >= 1")
+    if args.memorisation_frames < 0:
+        parser.error(f"--memorisation-frames must be >= 0, got {args.memorisation_frames}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.threads is not None:

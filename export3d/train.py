@@ -14,7 +14,7 @@ import time
 from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS
 from export3d.training import runs
-from export3d.training.config import EXPRESSION_ENCODERS, TRAIN_PRESETS, TrainConfig
+from export3d.training.config import EXPRESSION_ENCODERS, FACE_CROPS, TRAIN_PRESETS, TrainConfig
 from export3d.training.loop import main
 from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.cli import add_debug_flag, is_device_error, report_error
@@ -26,7 +26,16 @@ __all__ = ["build_parser", "cli", "parse_args"]
 
 # ----------------------------------------------------------------------------------------------- CLI
 HELP = {
-    "data": "'synthetic' or a folder in the on-disk clip format",
+    "data": "'synthetic' or a folder in the on-disk clip format; repeat to mix sources per batch (--data synthetic "
+            "--data clips/; their expression vectors must agree: --expression-source landmarker for real clips)",
+    "data_weights": "mixing weights of the --data sources, comma-separated in their order (default: equal)",
+    "pretrain_steps": "the first N steps (all stages counted) draw their batches by --pretrain-weights",
+    "pretrain_weights": "mixing weights of the first --pretrain-steps steps (e.g. 1,0: the first source alone)",
+    "aug_flip": "real clips: probability of a horizontal flip (camera and blendshapes mirrored with the image)",
+    "aug_hue": "real clips: hue rotation within +- this many degrees",
+    "aug_colour": "real clips: saturation and per-channel gains within 1 +- this",
+    "aug_scale": "real clips: zoom within [1 / (1 + x), 1 + x], the focal length scaled with it",
+    "memorisation_frames": "frames per training identity for the memorisation measure of metrics.json (0: off)",
     "out": "output folder, new or empty (default: runs/<preset>-<date>-<time>; with --resume: the resumed run)",
     "clebs_steps": "stage 0 steps: CLeBS contrastive pre-training",
     "rec_steps": "stage 1 steps: reconstruction",
@@ -40,6 +49,14 @@ HELP = {
     "adv_weight": "weight of L_adv in stage 2",
     "lpips_weight": "weight of each LPIPS term",
     "lpips_every": "LPIPS joins the loss every N-th generator step",
+    "face_landmark_weight": "weight of the face landmark loss: MediaPipe's eye, lip and face-oval points of output vs "
+                            "target, in units of the face crop (0: off; docs/training.md, Face losses)",
+    "face_blendshape_weight": "weight of the face blendshape loss: L1 of MediaPipe's 52 blendshapes (0: off)",
+    "face_feature_weight": "weight of the face feature-matching loss on MediaPipe's landmark CNN activations (0: off)",
+    "face_loss_every": "the face losses join the loss every N-th generator step",
+    "face_loss_raw": "apply the face losses to the raw render too (they always apply to the final image)",
+    "face_crop": "the face losses' crop: target (MediaPipe's detector crop of the target frame, shared by both "
+                 "images) or whole (the whole image)",
     "device": "cpu, cuda, cuda:N (default: CUDA when available, else the CPU)",
     "impl": "model implementation",
     "seed": "seed of the data, the initialisation and the batches",
@@ -72,21 +89,28 @@ HELP = {
     "deterministic": "torch.use_deterministic_algorithms (bit-exact resume on CPU)",
 }
 CHOICES = {"impl": IMPLS, "expression_encoder": EXPRESSION_ENCODERS, "conditioning": CONDITIONINGS,
-           "expression_source": EXPRESSION_SOURCES}
-TYPES = {"data": str, "out": str, "clebs_steps": int, "rec_steps": int, "adv_steps": int, "batch_size": int,
+           "expression_source": EXPRESSION_SOURCES, "face_crop": FACE_CROPS}
+TYPES = {"data": str, "data_weights": str, "pretrain_steps": int, "pretrain_weights": str, "aug_flip": float,
+         "aug_hue": float, "aug_colour": float, "aug_scale": float, "memorisation_frames": int, "out": str,
+         "clebs_steps": int, "rec_steps": int, "adv_steps": int, "batch_size": int,
          "clebs_clips": int, "clebs_negatives": int, "lr": float, "clebs_lr": float, "d_lr": float, "adv_weight": float,
-         "lpips_weight": float, "lpips_every": int, "device": str, "impl": str, "seed": int, "resume": str,
+         "lpips_weight": float, "lpips_every": int, "face_landmark_weight": float, "face_blendshape_weight": float,
+         "face_feature_weight": float, "face_loss_every": int, "face_crop": str,
+         "device": str, "impl": str, "seed": int, "resume": str,
          "vgg_weights": str, "workers": int, "log_every": int, "sample_every": int, "ckpt_every": int,
          "eval_pairs": int, "train_identities": int, "test_identities": int, "clips_per_identity": int,
          "frames_per_clip": int, "stop_after": int, "cache_frames": int, "threads": int, "fps": float,
          "expression_encoder": str, "n_basis": int, "conditioning": str, "ema_half_life_images": float,
          "ema_rampup": float, "expression_source": str}  # fmt: skip
-SWITCHES = ("compile", "amp", "deterministic")
+SWITCHES = ("compile", "amp", "deterministic", "face_loss_raw")
+LISTS = ("data_weights", "pretrain_weights")  # comma-separated numbers
 
 
 def _defaults(name: str) -> str:
     values = {p: getattr(c, name) for p, c in sorted(TRAIN_PRESETS.items())}
-    if name in ("out", "device", "resume", "vgg_weights", "threads", "stop_after", "n_basis"):
+    values = {p: ", ".join(v) if name == "data" else v for p, v in values.items()}
+    if name in ("out", "device", "resume", "vgg_weights", "threads", "stop_after", "n_basis", "data_weights",
+                "pretrain_weights"):
         return ""
     if len(set(map(str, values.values()))) == 1:
         return f" (default: {next(iter(values.values()))})"
@@ -99,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model + recipe preset (default: tiny; with --resume: the run's)")  # fmt: skip
     for name, kind in TYPES.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=CHOICES.get(name),
-                       help=HELP[name] + _defaults(name))  # fmt: skip
+                       action="append" if name == "data" else "store", help=HELP[name] + _defaults(name))  # fmt: skip
     for name in SWITCHES:
-        p.add_argument("--" + name, action="store_true", default=None, help=HELP[name])
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=HELP[name])
     add_debug_flag(p)
     return p
 
@@ -117,7 +141,20 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, bool]:
     p = build_parser()
     args = vars(p.parse_args(argv))
     debug = args.pop("debug")
-    return _config(p, {k: v for k, v in args.items() if v is not None}), debug
+    overrides = {k: v for k, v in args.items() if v is not None}
+    for name in LISTS:
+        if name in overrides:
+            overrides[name] = _weights(p, name, overrides[name])
+    if "data" in overrides:
+        overrides["data"] = tuple(overrides["data"])
+    return _config(p, overrides), debug
+
+
+def _weights(p: argparse.ArgumentParser, name: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        p.error(f"--{name.replace('_', '-')}: expected comma-separated numbers (one per --data source), got {text!r}")
 
 
 def _config(p: argparse.ArgumentParser, overrides: dict) -> TrainConfig:

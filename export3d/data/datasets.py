@@ -5,6 +5,9 @@ which needs ground truth and hence the synthetic generator. Items are dicts of t
 item below; the default ``collate_fn`` stacks them into a leading batch dimension). Sampling is a
 pure function of ``(seed, epoch, index)``; call ``set_epoch`` to draw new pairs each epoch.
 
+``ReconstructionPairs`` and ``ContrastiveGroups`` take an optional :class:`~export3d.data.augment.Augment`: one
+draw per item, seeded by ``(seed, epoch, index)``, applied identically to all the item's frames.
+
 Each class implements ``__getitems__``, which ``torch.utils.data.DataLoader`` calls with a whole
 batch of indices, so a synthetic batch is rendered in one vectorised pass.
 """
@@ -16,10 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from export3d.data.augment import Augment
 from export3d.data.source import ClipSource
 from export3d.data.synthetic import FrameKey, SyntheticClips, generator
 
-_PAIRS, _GROUPS, _TRIPLES = 11, 12, 13  # sampling stream tags
+_PAIRS, _GROUPS, _TRIPLES, _AUGMENT = 11, 12, 13, 14  # sampling stream tags
 
 
 def _scalar(value: int) -> torch.Tensor:
@@ -27,12 +31,20 @@ def _scalar(value: int) -> torch.Tensor:
 
 
 class _ClipDataset(Dataset):
-    def __init__(self, source: ClipSource, seed: int):
+    def __init__(self, source: ClipSource, seed: int, augment: Augment | None = None):
         if len(source.clips) == 0:
             raise ValueError(f"{type(self).__name__}: the source has no clips")
         self.source = source
         self.seed = seed
         self.epoch = 0
+        self.augment = augment if augment is not None and augment.active else None
+
+    def _load(self, requests: list[tuple[int, list[int]]], indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """``source.load(requests)``, each request's frames augmented with one draw seeded by its item index."""
+        data = self.source.load(requests)
+        if self.augment is None:
+            return data
+        return [self.augment(d, self.augment.draw(self._rng(_AUGMENT, i))) for d, i in zip(data, indices, strict=True)]
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different (but still deterministic) samples for each epoch."""
@@ -64,17 +76,16 @@ class ReconstructionPairs(_ClipDataset):
     sources add "true_expression" # [6] of the driving frame.
     """
 
-    def __init__(self, source: ClipSource, seed: int = 0):
-        super().__init__(source, seed)
+    def __init__(self, source: ClipSource, seed: int = 0, augment: Augment | None = None):
+        super().__init__(source, seed, augment)
         self._starts = torch.cumsum(torch.tensor([0] + [c.frames for c in source.clips]), 0)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        requests = []
+        requests, indices = [], [self._check_index(i) for i in indices]
         for index in indices:
-            index = self._check_index(index)
             clip = int(torch.searchsorted(self._starts, index, right=True)) - 1
             drv = index - int(self._starts[clip])
             n = self.source.clips[clip].frames
@@ -84,7 +95,7 @@ class ReconstructionPairs(_ClipDataset):
                 src += src >= drv  # any frame but the driving one
             requests.append((clip, [src, drv]))
         items = []
-        for (clip, (src, drv)), data in zip(requests, self.source.load(requests), strict=True):
+        for (clip, (src, drv)), data in zip(requests, self._load(requests, indices), strict=True):
             item = {"source": data["image"][0], "driving": data["image"][1], "beta": data["beta"][1],
                     "camera": data["camera"][1], "source_beta": data["beta"][0], "source_camera": data["camera"][0],
                     "identity": _scalar(self.source.clips[clip].identity), "clip": _scalar(clip),
@@ -105,8 +116,9 @@ class ContrastiveGroups(_ClipDataset):
     "true_expression" # [K+1, 6].
     """
 
-    def __init__(self, source: ClipSource, k: int = 32, groups_per_clip: int = 1, seed: int = 0):
-        super().__init__(source, seed)
+    def __init__(self, source: ClipSource, k: int = 32, groups_per_clip: int = 1, seed: int = 0,
+                 augment: Augment | None = None):
+        super().__init__(source, seed, augment)
         if k < 1 or groups_per_clip < 1:
             raise ValueError(f"ContrastiveGroups: k and groups_per_clip must be >= 1, got {k}, {groups_per_clip}")
         short = [c for c in source.clips if c.frames < k + 1]
@@ -120,14 +132,13 @@ class ContrastiveGroups(_ClipDataset):
         return len(self.source.clips) * self.groups_per_clip
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        requests = []
+        requests, indices = [], [self._check_index(i) for i in indices]
         for index in indices:
-            index = self._check_index(index)
             clip = index // self.groups_per_clip
             perm = torch.randperm(self.source.clips[clip].frames, generator=self._rng(_GROUPS, index))
             requests.append((clip, sorted(perm[: self.k + 1].tolist())))
         items = []
-        for (clip, frames), data in zip(requests, self.source.load(requests), strict=True):
+        for (clip, frames), data in zip(requests, self._load(requests, indices), strict=True):
             item = {"images": data["image"], "beta": data["beta"], "camera": data["camera"],
                     "frames": torch.tensor(frames, dtype=torch.int64),
                     "identity": _scalar(self.source.clips[clip].identity), "clip": _scalar(clip)}

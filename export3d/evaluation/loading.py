@@ -72,19 +72,70 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", preset: str
     return model.to(device).eval(), meta, folder
 
 
-def held_out_source(meta: dict, data: str | None, resolution: int):
-    """The held-out split: the synthetic test identities of the run's settings, or a clip folder's test split."""
+SPLITS = ("test", "all")
+
+
+def source_label(name: str) -> str:
+    """A short name of a ``--data`` source: ``synthetic`` or the folder's name."""
+    return name if name == "synthetic" else Path(name).name or name
+
+
+def run_data(meta: dict, data: str | list[str] | None = None) -> list[str]:
+    """The data sources to evaluate: ``data`` when given, else those the run trained on (a run saved before
+    training mixed sources stores one name)."""
+    if data:
+        return [data] if isinstance(data, str) else list(data)
+    saved = (meta.get("train_config") or {}).get("data", "synthetic")
+    return [saved] if isinstance(saved, str) else list(saved)
+
+
+def _synthetic(meta: dict, resolution: int, split: str, **override) -> SyntheticClips:
     train_cfg = meta.get("train_config") or {}
-    data = data or train_cfg.get("data", "synthetic")
-    if data == "synthetic":
-        names = {f.name for f in dataclasses.fields(SyntheticConfig)} - {"resolution"}
-        settings = {k: v for k, v in train_cfg.items() if k in names}  # seed, identities, clips, frames, fps
-        return SyntheticClips(SyntheticConfig(resolution=resolution, **settings), "test")
+    names = {f.name for f in dataclasses.fields(SyntheticConfig)} - {"resolution"}
+    settings = {k: v for k, v in train_cfg.items() if k in names}  # seed, identities, clips, frames, fps, expression
+    return SyntheticClips(SyntheticConfig(resolution=resolution, **{**settings, **override}), split)
+
+
+def _folder(data: str) -> Path:
     folder = Path(data)
     if not folder.is_dir():
         raise FileNotFoundError(f"--data: {folder} is not a folder (expected 'synthetic' or a clip-format folder)")
-    source = ClipFolder(folder, split="test", resolution=resolution)
-    if not source.clips:
-        print(f"note: {folder}/manifest.json lists no 'test' clips; evaluating on all clips", file=sys.stderr)
-        source = ClipFolder(folder, resolution=resolution)
-    return source
+    return folder
+
+
+def held_out_sources(meta: dict, data: str | list[str] | None, resolution: int,
+                     split: str = "test") -> list[tuple[str, object]]:  # fmt: skip
+    """(name, held-out source) of each data source: the synthetic test identities of the run's settings, a clip
+    folder's test split (``split="test"``; all its clips when it has none) or every clip of it (``split="all"``: a
+    folder of held-out people prepared on its own)."""
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
+    out = []
+    for name in run_data(meta, data):
+        if name == "synthetic":
+            out.append((name, _synthetic(meta, resolution, "test")))
+            continue
+        folder = _folder(name)
+        source = ClipFolder(folder, split=None if split == "all" else "test", resolution=resolution)
+        if not source.clips:
+            print(f"note: {folder}/manifest.json lists no 'test' clips; evaluating on all clips", file=sys.stderr)
+            source = ClipFolder(folder, resolution=resolution)
+        out.append((name, source))
+    return out
+
+
+def held_out_source(meta: dict, data: str | None, resolution: int):
+    """The held-out split of ``data`` (default: the run's first data source); see :func:`held_out_sources`."""
+    return held_out_sources(meta, data or run_data(meta)[:1], resolution)[0][1]
+
+
+def training_sources(meta: dict, resolution: int) -> list[tuple[str, object]]:
+    """(name, training split) of every source the run trained on: whose identities an output may have memorised.
+    Raises ``FileNotFoundError`` / ``ClipFormatError`` when a training folder is no longer readable."""
+    out = []
+    for name in run_data(meta):
+        if name == "synthetic":  # only the images are needed: the constructed beta spares the landmarker
+            out.append((name, _synthetic(meta, resolution, "train", expression_source="beta")))
+        else:
+            out.append((name, ClipFolder(_folder(name), split="train", resolution=resolution)))
+    return out

@@ -35,7 +35,7 @@ class EvalBatch:
     target: torch.Tensor  # [B, 3, H, W]: the driving frame (same identity) or the ground truth (cross)
 
 
-def _indices(length: int, count: int) -> list[int]:
+def spread_indices(length: int, count: int) -> list[int]:
     """``count`` indices spread evenly over ``range(length)`` (a fixed, reproducible subset)."""
     count = min(count, length)
     return [int(i * length / count) for i in range(count)]
@@ -43,7 +43,7 @@ def _indices(length: int, count: int) -> list[int]:
 
 def same_identity_batches(source, pairs: int, batch_size: int, seed: int = 0) -> list[EvalBatch]:
     data = ReconstructionPairs(source, seed=seed)
-    idx = _indices(len(data), pairs)
+    idx = spread_indices(len(data), pairs)
     out = []
     for i in range(0, len(idx), batch_size):
         b = default_collate(data.__getitems__(idx[i : i + batch_size]))
@@ -109,10 +109,46 @@ def evaluate(model: nn.Module, source, lpips_model: nn.Module, device: torch.dev
     return result
 
 
+def evaluate_sources(model: nn.Module, sources: list[tuple[str, object]], lpips_model: nn.Module,
+                     device: torch.device, pairs: int = 64, batch_size: int = 8, seed: int = 0,
+                     on_batch_of: Callable[[str], Callable[..., None] | None] | None = None) -> dict:  # fmt: skip
+    """:func:`evaluate` on each held-out source ((name, source) pairs), each reported separately.
+
+    One source: :func:`evaluate`'s result as it is. Several: ``{"sources": {name: its result}, "lpips_network"}``.
+    ``on_batch_of(name)`` gives the ``on_batch`` hook of one source (or None)."""
+    results = {}
+    for name, source in sources:
+        hook = on_batch_of(name) if on_batch_of is not None else None
+        results[name] = evaluate(model, source, lpips_model, device, pairs, batch_size, seed, hook)
+    if len(results) == 1:
+        return next(iter(results.values()))
+    network = [r.pop("lpips_network") for r in results.values()][0]
+    return {"sources": results, "lpips_network": network}
+
+
+def per_source(metrics: dict) -> list[tuple[str | None, dict]]:
+    """(source name, its block) of an :func:`evaluate_sources` result; the name is None for a single source."""
+    if "sources" in metrics:
+        return list(metrics["sources"].items())
+    return [(None, metrics)]
+
+
 def format_table(metrics: dict) -> str:
     """A plain-text table in the layout of the paper's Table 1 (rows: methods; columns: metrics) of
-    :func:`evaluate`'s result; the LPIPS column is headed by the network's label (``LPIPS(rand)``: random VGG)."""
-    lpips = LPIPSInfo(**metrics["lpips_network"])
+    :func:`evaluate`'s (or :func:`evaluate_sources`') result, one block per source, each with its memorisation line
+    when measured; the LPIPS column is headed by the network's label (``LPIPS(rand)``: random VGG)."""
+    lines = []
+    for name, block in per_source(metrics):
+        if name is not None:
+            lines.append(f"held-out data: {name}")
+        lines.append(_format_block(block, metrics["lpips_network"]))
+        if "memorisation" in block:
+            lines.append(format_memorisation(block["memorisation"]))
+    return "\n".join(lines)
+
+
+def _format_block(metrics: dict, lpips_network: dict) -> str:
+    lpips = LPIPSInfo(**lpips_network)
     width = max(8, len(lpips.label) + 1)
     lines = [f"{'':<22}{'PSNR':>8}{'SSIM':>8}{lpips.label:>{width}}"]
     for setting in ("same_identity", "cross_identity"):
@@ -125,3 +161,19 @@ def format_table(metrics: dict) -> str:
             m = block[name]
             lines.append(f"  {name:<20}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m[lpips.metric_name]:>{width}.3f}")
     return "\n".join(lines)
+
+
+def format_memorisation(result: dict | None, label: str = "") -> str:
+    """One line for the evaluation tables."""
+    head = f"Memorisation{f' ({label})' if label else ''}: "
+    if not result or "not_run" in result:
+        return head + f"not run: {(result or {}).get('not_run', 'no face tools')}"
+    if not result["scored"]:
+        return head + f"no output scored ({result['no_face_output']} outputs, {result['no_face_source']} sources " \
+                      "without a face)"  # fmt: skip
+    gt = result["driving_follows_source"]
+    return (head + f"{result['follow']}/{result['scored']} outputs nearer the source than any of "
+            f"{result['training_identities']} training identities ({result['follows_source']:.3f}; the driving frames: "
+            f"{'-' if gt is None else f'{gt:.3f}'}); not scored: {result['no_face_output']} outputs, "
+            f"{result['no_face_source']} sources without a face (dlib descriptors, {result['frames_per_identity']} "
+            "frames per training identity)")  # fmt: skip

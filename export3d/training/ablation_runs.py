@@ -11,6 +11,13 @@ synthetic heads), for the same budget, with each seed of the plan (:func:`make_p
   in the generator's conditional blocks (``ModelConfig.conditioning``; the tokenisation is documented in
   :class:`export3d.model.blocks.CodeCrossAttention`).
 
+Not in the paper, and not run unless named (``--variants``): the face losses of issue 27
+(:mod:`export3d.training.face_losses`), each added to the full recipe on every step at the weight of
+:data:`FACE_WEIGHTS`: ``face_lmk`` (landmarks), ``face_bs`` (blendshapes), ``face_feat`` (feature matching) and
+``face_all`` (the three). Compared with ``clebs`` they measure what each loss does; run them with
+``--expression-source landmarker`` so that the expression vector is MediaPipe's blendshapes and AED means what it
+does on real videos.
+
 Runs live in ``<out>/<variant>/seed<k>``: a finished run (``metrics.json`` of the full budget) is reused, an
 interrupted one resumed. :func:`train_runs` trains the rest in this process, or ``jobs`` at a time as separate
 ``python -m export3d.train`` processes; Ctrl-C or SIGTERM stops every one of them at a fresh checkpoint.
@@ -43,6 +50,7 @@ class Variant:
     expression_encoder: str  # TrainConfig.expression_encoder: "clebs" | "lebs" | "direct"
     n_basis: int | None = None  # LeBS n (None: the preset's, 10)
     conditioning: str = "eadaln"
+    face: tuple[float, float, float] = (0.0, 0.0, 0.0)  # face landmark, blendshape, feature loss weights (0: off)
 
     @property
     def code(self) -> str:
@@ -57,6 +65,17 @@ VARIANTS = {
     "lebs5": Variant("E2E LeBS (n=5)", "lebs", n_basis=5),
     "clebs": Variant("Full (CLeBS)", "clebs"),
     "xattn": Variant("Full, cross-attention", "clebs", conditioning="cross_attention"),
+}
+PAPER_VARIANTS = tuple(VARIANTS)  # Tables 3 and 4: what the runner trains by default
+# Each face term's weight: its gradient on the final image about as large as MSE's (norm ratio 0.9-1.1, measured on
+# 8 held-out pairs of a trained tiny checkpoint; docs/training.md, "Face losses").
+FACE_WEIGHTS = {"landmark": 0.002, "blendshape": 0.002, "feature": 0.005}
+_L, _B, _F = FACE_WEIGHTS.values()
+VARIANTS |= {
+    "face_lmk": Variant("Full + landmark loss", "clebs", face=(_L, 0.0, 0.0)),
+    "face_bs": Variant("Full + blendshape loss", "clebs", face=(0.0, _B, 0.0)),
+    "face_feat": Variant("Full + feature loss", "clebs", face=(0.0, 0.0, _F)),
+    "face_all": Variant("Full + all face losses", "clebs", face=(_L, _B, _F)),
 }
 FULL = "clebs"  # the paper's full model: the variant the others are paired with
 TINY = TRAIN_PRESETS["tiny"]
@@ -83,7 +102,7 @@ class Plan:
     seeds: list[int]
     out: Path
     steps: dict[str, int]
-    data: dict[str, int]  # TrainConfig overrides of --quick and --pairs (empty otherwise)
+    data: dict[str, object]  # TrainConfig overrides of --quick, --pairs, --data and --expression-source (else empty)
     jobs: int
     threads: int
 
@@ -112,6 +131,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if args.pairs < 1:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
         data["eval_pairs"] = args.pairs
+    folder = getattr(args, "data", None)
+    if folder is not None and folder != "synthetic":
+        if not Path(folder).is_dir():
+            raise ValueError(f"--data: {folder} is not a folder (expected 'synthetic' or a prepared clip folder)")
+        data["data"] = (folder,)
+    source = getattr(args, "expression_source", None)
+    if source is not None and source != TINY.expression_source:
+        data["expression_source"] = source
     return Plan(variants, seeds, out, steps, data, jobs, threads)
 
 
@@ -120,8 +147,10 @@ def run_config(plan: Plan, variant: str, seed: int, args: argparse.Namespace) ->
     v = VARIANTS[variant]
     run = plan.out / variant / f"seed{seed}"
     every = max(plan.steps["rec_steps"], plan.steps["adv_steps"], 1)
+    landmark, blendshape, feature = v.face
     return dataclasses.replace(TINY, out=str(run), seed=seed, expression_encoder=v.expression_encoder,
-                               n_basis=v.n_basis, conditioning=v.conditioning, device=args.device,
+                               n_basis=v.n_basis, conditioning=v.conditioning, face_landmark_weight=landmark,
+                               face_blendshape_weight=blendshape, face_feature_weight=feature, device=args.device,
                                threads=plan.threads, vgg_weights=args.vgg_weights, sample_every=every,
                                ckpt_every=every, **plan.steps, **plan.data)  # fmt: skip
 

@@ -15,6 +15,7 @@ from export3d.data.expressions import EXPRESSION_SOURCES
 from export3d.model.config import CONDITIONINGS, IMPLS, PRESETS
 
 STAGES = ("clebs", "reconstruction", "adversarial")
+FACE_CROPS = ("target", "whole")  # the face losses' crop (export3d.training.face_losses)
 # Expression encoding (paper Table 3): "clebs" = contrastively pre-trained, then frozen f_e (the paper's recipe);
 # "lebs" = f_e trained end to end with the generator (no CLeBS stage, never frozen); "direct" = beta itself
 # conditions the generator (ModelConfig.expression_encoder="direct", no CLeBS stage).
@@ -24,7 +25,22 @@ EXPRESSION_ENCODERS = ("clebs", "lebs", "direct")
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "tiny"  # model preset (export3d.model.config.PRESETS)
-    data: str = "synthetic"  # "synthetic" or a folder in the on-disk clip format
+    # Training data: one or more sources, each "synthetic" or a folder in the on-disk clip format (a single string is
+    # taken as one source). Several sources are mixed per batch (every batch comes from one source) by data_weights
+    # (None: equal), or by pretrain_weights during the first pretrain_steps steps (all stages counted): e.g.
+    # data=("synthetic", "clips"), pretrain_weights=(1, 0), pretrain_steps=2000 pre-trains on synthetic heads alone.
+    # The sources' expression vectors must agree (real clips: 52 blendshapes; synthetic: expression_source landmarker).
+    data: tuple[str, ...] = ("synthetic",)
+    data_weights: tuple[float, ...] | None = None
+    pretrain_steps: int = 0
+    pretrain_weights: tuple[float, ...] | None = None
+    # Appearance augmentation of the real (clip-folder) sources, one draw per pair (export3d.data.augment): flip
+    # probability (camera and blendshapes mirrored), hue rotation (+- degrees), colour (saturation and channel gains
+    # within 1 +- x) and scale (zoom within [1 / (1 + x), 1 + x], focal length scaled with it). 0: off.
+    aug_flip: float = 0.0
+    aug_hue: float = 0.0
+    aug_colour: float = 0.0
+    aug_scale: float = 0.0
     out: str = "runs/tiny"  # output folder (config.json, checkpoints/, samples/, logs, metrics.json)
     # stage lengths, in optimiser steps
     clebs_steps: int = 150  # stage 0 (paper: 60k)
@@ -47,6 +63,18 @@ class TrainConfig:
     lpips_every: int = 32
     r1_gamma: float = 1.0  # R1 penalty weight (EG3D FFHQ uses 1)
     r1_every: int = 16  # lazy R1: applied every N discriminator steps, scaled by N (StyleGAN2)
+    # Face losses (export3d.training.face_losses; docs/training.md, "Face losses"): MediaPipe's landmark CNN (the
+    # PyTorch port, frozen) on the output and the target, both cut out with the target's MediaPipe crop. Weights of
+    # the landmark distance (eyes, lips, face oval; in units of the crop side), the blendshape L1 and the feature
+    # matching on the CNN's activations; 0 = off (all three off: the network is not even loaded). They join L_rec on
+    # every N-th generator step (face_loss_every), on the final image and, with face_loss_raw, on the raw one too.
+    # face_crop: "target" (MediaPipe's detector crop of the target frame) or "whole" (the whole image).
+    face_landmark_weight: float = 0.0
+    face_blendshape_weight: float = 0.0
+    face_feature_weight: float = 0.0
+    face_loss_every: int = 1
+    face_loss_raw: bool = False
+    face_crop: str = "target"
     # Weight EMA of the model (EG3D's G_ema; export3d.training.weight_ema), used for samples and metrics.json.
     # Half-life in images, capped at ema_rampup * images seen (EG3D: batch * 10 / 32 kimg = 2.5k images at batch 8;
     # ramp-up 0.05, its training loop's default). Tiny: 200 images = 25 steps, ramp-up 0.5 (measured: +0.16 to +0.45 dB
@@ -66,6 +94,10 @@ class TrainConfig:
     cache_frames: int = 4096  # keep up to this many rendered training frames in memory (0: render every time)
     # evaluation at the end of training
     eval_pairs: int = 64  # same-identity pairs and cross-identity triples from the test identities
+    # memorisation (export3d.evaluation.memorisation): frames per training identity whose dlib face descriptors are
+    # averaged; metrics.json then says which share of held-out outputs is nearer the source than any training
+    # identity (needs the faces extra; 0: not measured)
+    memorisation_frames: int = 4
     # run
     device: str | None = None  # None: CUDA when available, else CPU
     impl: str = "fast"  # model impl: "reference" | "fast"
@@ -86,6 +118,13 @@ class TrainConfig:
     conditioning: str = "eadaln"  # "eadaln" | "cross_attention" (ModelConfig.conditioning; Table 4 ablation)
 
     def __post_init__(self) -> None:
+        for name in ("data", "data_weights", "pretrain_weights"):  # a single source as a string; JSON lists as tuples
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float)):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self._check_mixing()
         checks = [
             (self.preset in PRESETS, f"--preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"),
             (self.impl in IMPLS, f"--impl must be one of {IMPLS}, got {self.impl!r}"),
@@ -104,16 +143,51 @@ class TrainConfig:
             (min(self.lr, self.clebs_lr, self.d_lr) > 0, "learning rates must be > 0"),
             (min(self.log_every, self.sample_every, self.ckpt_every, self.r1_every, self.lpips_every) >= 1,
              "intervals (--log-every, --sample-every, --ckpt-every, --lpips-every, r1_every) must be >= 1"),
+            (min(self.face_landmark_weight, self.face_blendshape_weight, self.face_feature_weight) >= 0,
+             "--face-landmark-weight, --face-blendshape-weight and --face-feature-weight must be >= 0 (0: off)"),
+            (self.face_loss_every >= 1, f"--face-loss-every must be >= 1, got {self.face_loss_every}"),
+            (self.face_crop in FACE_CROPS, f"--face-crop must be one of {FACE_CROPS}, got {self.face_crop!r}"),
             (self.ema_half_life_images >= 0 and (self.ema_rampup is None or self.ema_rampup > 0),
              "--ema-half-life-images must be >= 0 (0: no weight EMA) and --ema-rampup > 0"),
             (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
             (self.stop_after is None or self.stop_after >= 1, f"--stop-after must be >= 1, got {self.stop_after}"),
-            (min(self.eval_pairs, self.workers, self.cache_frames) >= 0,
-             "--eval-pairs, --workers and --cache-frames must be >= 0"),
+            (min(self.eval_pairs, self.workers, self.cache_frames, self.memorisation_frames) >= 0,
+             "--eval-pairs, --workers, --cache-frames and --memorisation-frames must be >= 0"),
+            (0 <= self.aug_flip <= 1, f"--aug-flip is a probability in [0, 1], got {self.aug_flip}"),
+            (0 <= self.aug_hue <= 180, f"--aug-hue is in degrees, within [0, 180], got {self.aug_hue}"),
+            (0 <= self.aug_colour < 1, f"--aug-colour must be in [0, 1), got {self.aug_colour}"),
+            (0 <= self.aug_scale < 1, f"--aug-scale must be in [0, 1), got {self.aug_scale}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _check_mixing(self) -> None:
+        if not self.data or not all(isinstance(d, str) and d for d in self.data):
+            raise ValueError(f"--data: give one or more sources ('synthetic' or a folder), got {self.data!r}")
+        if len(set(self.data)) != len(self.data):
+            raise ValueError(f"--data: a source is given twice: {list(self.data)}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"--pretrain-steps must be >= 0, got {self.pretrain_steps}")
+        if (self.pretrain_weights is None) != (self.pretrain_steps == 0):
+            raise ValueError("--pretrain-weights and --pretrain-steps go together: the first --pretrain-steps N steps "
+                             "draw their batches by --pretrain-weights")
+        for flag, weights in (("--data-weights", self.data_weights), ("--pretrain-weights", self.pretrain_weights)):
+            if weights is None:
+                continue
+            if len(weights) != len(self.data):
+                raise ValueError(f"{flag}: {len(weights)} weight(s) for {len(self.data)} --data source(s) "
+                                 f"({', '.join(self.data)}); give one weight per source, in the order of --data")
+            if min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(f"{flag}: weights must be >= 0 with a positive sum, got {list(weights)}")
+
+    def weights_at(self, step: int) -> tuple[float, ...]:
+        """The mixture weights of the sources for global step ``step`` (0-based), normalised to sum to 1."""
+        weights = self.data_weights or (1.0,) * len(self.data)
+        if step < self.pretrain_steps and self.pretrain_weights is not None:
+            weights = self.pretrain_weights
+        total = float(sum(weights))
+        return tuple(w / total for w in weights)
 
     def steps(self, stage: str) -> int:
         if stage == "clebs" and self.expression_encoder != "clebs":

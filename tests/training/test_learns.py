@@ -34,7 +34,7 @@ def _cfg(out, rec_steps: int) -> TrainConfig:
 @torch.no_grad()
 def _held_out_l1(model, cfg: TrainConfig) -> float:
     """Mean |prediction - driving frame| over 8 fixed same-identity pairs of the held-out identities."""
-    _, test = build_sources(cfg, model.config.image_size)
+    test = build_sources(cfg, model.config.image_size)[0].test
     model.eval()
     errors = [(model(b.source, b.beta, b.camera).image - b.target).abs().mean(dim=(1, 2, 3))  # [B]
               for b in same_identity_batches(test, pairs=8, batch_size=8, seed=cfg.seed)]  # fmt: skip

@@ -121,7 +121,7 @@ def test_bad_inputs_fail_fast_with_clear_messages(tmp_path):
 
 def test_cli_defaults_and_errors(capsys):
     cfg = parse_args([])
-    assert cfg.preset == "tiny" and cfg.data == "synthetic" and cfg.out.startswith("runs/tiny-")
+    assert cfg.preset == "tiny" and cfg.data == ("synthetic",) and cfg.out.startswith("runs/tiny-")
     cfg = parse_args(["--rec-steps", "5", "--resume", "runs/x"])
     assert cfg.rec_steps == 5 and cfg.out == "runs/x"
     with pytest.raises(SystemExit):
