@@ -168,6 +168,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     pairs = args.pairs if args.pairs is not None else train_cfg.get("eval_pairs") or 64
     lpips_model, lpips_info = build_lpips(args.vgg_weights)  # its random-VGG fallback is seeded: repeatable
     memo = build_memorisation(args, meta, [n for n, _ in sources], model.config.image_size)
+    check_grid(args.grid, memo, [n for n, _ in sources])  # before the evaluation, not after it
     blocks, extra = {}, None
     try:
         for name, source in sources:
@@ -204,15 +205,20 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     return result
 
 
+def check_grid(path: str | None, memo: Memorisation | None, names: list[str]) -> None:
+    """``--grid`` needs the memorisation measured on at least one clip folder; ValueError says why it is not."""
+    if path and (memo is None or memo.bank is None or all(n == "synthetic" for n in names)):
+        why = memo.reason if memo is not None and memo.reason else "no held-out clip folder or --memorisation-frames 0"
+        raise ValueError(f"--grid: the memorisation was not measured ({why})")
+
+
 def write_grids(path: str | None, memo: Memorisation | None, names: list[str]) -> dict[str, str]:
     """``--grid PATH``: each clip folder's memorisation grid (PATH itself for one, ``PATH-<folder>.png`` for
     several)."""
     real = [n for n in names if n != "synthetic"]
     if not path:
         return {}
-    if memo is None or memo.bank is None or not real:
-        why = memo.reason if memo is not None and memo.reason else "no held-out clip folder or --memorisation-frames 0"
-        raise ValueError(f"--grid: the memorisation was not measured ({why})")
+    check_grid(path, memo, names)
     out = {}
     for name in real:
         target = Path(path) if len(real) == 1 else Path(path).with_name(f"{Path(path).stem}-{source_label(name)}.png")

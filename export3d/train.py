@@ -18,6 +18,7 @@ from export3d.training.config import EXPRESSION_ENCODERS, FACE_CROPS, TRAIN_PRES
 from export3d.training.loop import main
 from export3d.utils.checkpoint import CheckpointError
 from export3d.utils.cli import add_debug_flag, is_device_error, report_error
+from export3d.utils.extras import MissingExtraError
 from export3d.utils.signals import exit_status
 
 PROG = "export3d.train"
@@ -27,7 +28,8 @@ __all__ = ["build_parser", "cli", "parse_args"]
 # ----------------------------------------------------------------------------------------------- CLI
 HELP = {
     "data": "'synthetic' or a folder in the on-disk clip format; repeat to mix sources per batch (--data synthetic "
-            "--data clips/; their expression vectors must agree: --expression-source landmarker for real clips)",
+            "--data clips/; their expression vectors must agree: with real clips, --expression-source landmarker "
+            "gives the synthetic heads the same 52 blendshapes)",
     "data_weights": "mixing weights of the --data sources, comma-separated in their order (default: equal)",
     "pretrain_steps": "the first N steps (all stages counted) draw their batches by --pretrain-weights",
     "pretrain_weights": "mixing weights of the first --pretrain-steps steps (e.g. 1,0: the first source alone)",
@@ -192,7 +194,8 @@ def cli(argv: list[str] | None = None) -> int:
         report_error(PROG, exc, debug)
         return 3
     except Exception as exc:  # noqa: BLE001 - a bad input or a device error is reported; anything else re-raised
-        if is_device_error(exc) or isinstance(exc, (ValueError, OSError, CheckpointError)):
+        # a missing extra (the face losses without the face model bundle) is the user's to fix, with its command
+        if is_device_error(exc) or isinstance(exc, (ValueError, OSError, CheckpointError, MissingExtraError)):
             return report_error(PROG, exc, debug)
         raise
     return 0

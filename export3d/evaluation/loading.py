@@ -117,9 +117,11 @@ def held_out_sources(meta: dict, data: str | list[str] | None, resolution: int,
             continue
         folder = _folder(name)
         source = ClipFolder(folder, split=None if split == "all" else "test", resolution=resolution)
-        if not source.clips:
+        if not source.clips and split == "test":
             print(f"note: {folder}/manifest.json lists no 'test' clips; evaluating on all clips", file=sys.stderr)
             source = ClipFolder(folder, resolution=resolution)
+        if not source.clips:
+            raise ValueError(f"--data: {folder}/manifest.json lists no clips to evaluate")
         out.append((name, source))
     return out
 

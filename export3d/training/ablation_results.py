@@ -233,8 +233,8 @@ def format_faces(summary: dict[str, dict], seeds: int) -> str:
         return ""
     group = " AKD↓    AED↓   faces"
     crop = " AKD↓    AED↓"
-    head = (f"{'':<22} | {'MediaPipe pipeline, same-id':<{len(group) * 1}} | {'cross-identity':<{len(group)}} | "
-            f"{'target crop, same':<{len(crop)}} | {'cross':<{len(crop)}} | paired -Full")  # fmt: skip
+    head = (f"{'':<22} | {'pipeline, same-id':<{len(group)}} | {'cross-identity':<{len(group)}} | "
+            f"{'crop, same':<{len(crop)}} | {'cross':<{len(crop)}} | paired -Full")  # fmt: skip
     lines = [head, f"{'Method':<22} |{group}  |{group}  |{crop}  |{crop}  |   AKD     AED", "-" * len(head)]
     for variant, row in rows.items():
         label = "Copy source" if variant == "copy_source" else VARIANTS[variant].label

@@ -74,7 +74,6 @@ class MixedStream:
             self.step = int(positions[0])
             for stream, position in zip(streams, positions[1], strict=True):
                 stream.position = tuple(position)
-        self.sources: list[int] = []  # the source of each batch drawn (the loop logs the latest)
 
     @property
     def position(self) -> tuple:
@@ -94,7 +93,6 @@ class MixedStream:
         k = self.choose(self.step)
         batch = self.streams[k].next()
         self.step += 1
-        self.sources.append(k)
         return batch
 
 

@@ -26,7 +26,7 @@ from export3d.utils.outputs import atomic_write_bytes, atomic_write_json
 # Settings a resume may change: where and how fast it runs, how often it reports, when it stops.
 SAFE_TO_CHANGE = frozenset({
     "out", "resume", "stop_after", "threads", "workers", "device", "log_every", "sample_every", "ckpt_every",
-    "cache_frames", "eval_pairs", "compile", "deterministic",
+    "cache_frames", "eval_pairs", "memorisation_frames", "compile", "deterministic",
 })  # fmt: skip
 
 

@@ -274,3 +274,12 @@ def test_evaluate_reports_each_folder_all_its_clips_and_the_memorisation(tmp_pat
     with pytest.raises(SystemExit):
         main([*base, "--split", "train"])
     assert "invalid choice: 'train'" in capsys.readouterr().err
+
+
+def test_evaluate_grid_without_memorisation_fails_before_scoring(tmp_path, capsys, monkeypatch):
+    """--grid on synthetic data (no clip folder to measure memorisation on) is refused before any pair is scored, so
+    no evaluation is thrown away after the fact."""
+    run = write_checkpoint(tmp_path / "run")
+    monkeypatch.setattr("export3d.evaluate.evaluate_source", lambda *a, **k: pytest.fail("scored before the check"))
+    assert main(["--checkpoint", str(run), "--pairs", "2", "--no-face-metrics", "--grid", str(tmp_path / "g.png")]) == 2
+    assert "--grid: the memorisation was not measured" in capsys.readouterr().err
