@@ -38,7 +38,6 @@ from export3d.evaluation.loading import (
     load_model,
     model_config_from_meta,
     source_label,
-    training_sources,
 )
 from export3d.evaluation.memorisation import DEFAULT_FRAMES, Memorisation, memorisation_grid
 from export3d.evaluation.metrics import LPIPSInfo, build_lpips
@@ -145,17 +144,6 @@ def evaluate_source(args: argparse.Namespace, model, source, lpips_model, device
     return metrics, extra
 
 
-def build_memorisation(args: argparse.Namespace, meta: dict, names: list[str], resolution: int) -> Memorisation | None:
-    """The training identities' descriptors, when some held-out source is a clip folder (None: not measured)."""
-    if args.memorisation_frames == 0 or all(name == "synthetic" for name in names):
-        return None
-    try:
-        train = training_sources(meta, resolution)
-    except (OSError, ValueError) as err:
-        return Memorisation(reason=f"the run's training data cannot be read ({err})")
-    return Memorisation.build([(source_label(n), s) for n, s in train], args.memorisation_frames)
-
-
 def run_checkpoint(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     for path, flag in ((args.json, "--json"), (args.grid, "--grid")):
@@ -167,7 +155,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     sources = held_out_sources(meta, args.data, model.config.image_size, args.split)
     pairs = args.pairs if args.pairs is not None else train_cfg.get("eval_pairs") or 64
     lpips_model, lpips_info = build_lpips(args.vgg_weights)  # its random-VGG fallback is seeded: repeatable
-    memo = build_memorisation(args, meta, [n for n, _ in sources], model.config.image_size)
+    memo = Memorisation.for_run(meta, [n for n, _ in sources], model.config.image_size, args.memorisation_frames)
     check_grid(args.grid, memo, [n for n, _ in sources])  # before the evaluation, not after it
     blocks, extra = {}, None
     try:

@@ -22,7 +22,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from export3d.evaluation.loading import SPLITS, held_out_sources, model_config_from_meta, source_label, training_sources
+from export3d.evaluation.loading import SPLITS, held_out_sources, model_config_from_meta
 from export3d.evaluation.memorisation import DEFAULT_FRAMES, Memorisation
 from export3d.evaluation.metrics import build_lpips, lpips_distance, lpips_info_of, psnr, ssim
 from export3d.evaluation.scoring import same_identity_batches
@@ -60,7 +60,7 @@ def blur_reference(source, lpips_model, factors=DEFAULT_FACTORS, pairs: int = 64
         hook = memo.hook(f"blur{k}") if memo is not None else None
         for b in batches:
             target = b.target.float()
-            blurred = blur(target, k).clamp(-1, 1)  # [B, 3, H, W]
+            blurred = blur(target, k)  # [B, 3, H, W]; averages of [-1, 1] values stay in [-1, 1]
             if hook is not None:
                 hook("same_identity", b, {"model": blurred})
             sums["psnr"] += psnr(blurred, target).sum().item()
@@ -93,10 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     seed = (meta.get("train_config") or {}).get("seed", 0)
     lpips_model, lpips_info = build_lpips(args.vgg_weights)
     sources = held_out_sources(meta, args.data, size, args.split)
-    memo = None
-    if args.memorisation_frames and any(name != "synthetic" for name, _ in sources):
-        train = [(source_label(name), s) for name, s in training_sources(meta, size)]
-        memo = Memorisation.build(train, args.memorisation_frames)
+    memo = Memorisation.for_run(meta, [name for name, _ in sources], size, args.memorisation_frames)
     result = {"checkpoint": str(folder), "split": args.split, "pairs": args.pairs, "lpips": lpips_info.describe(),
               "sources": {}}  # fmt: skip
     try:

@@ -195,6 +195,22 @@ class Memorisation:
             extractor.close()
             return cls(reason=str(err))
 
+    @classmethod
+    def for_run(cls, meta: dict, names: list[str], resolution: int,
+                frames: int = DEFAULT_FRAMES) -> Memorisation | None:  # fmt: skip
+        """The bank of the training identities of the run behind checkpoint ``meta``, when some held-out source in
+        ``names`` is a clip folder (None: not measured; ``frames`` 0 turns it off). Training data that can no longer
+        be read gives a ``reason``, not an error."""
+        from export3d.evaluation.loading import source_label, training_sources
+
+        if frames == 0 or all(name == "synthetic" for name in names):
+            return None
+        try:
+            train = training_sources(meta, resolution)
+        except (OSError, ValueError) as err:
+            return cls(reason=f"the run's training data cannot be read ({err})")
+        return cls.build([(source_label(n), s) for n, s in train], frames)
+
     def hook(self, name: str):
         """The ``on_batch`` of held-out source ``name`` (None when not measured)."""
         if self.bank is None:
